@@ -1,0 +1,332 @@
+"""Synthetic CT phantom in the exact quiz layout (deterministic by seed).
+
+Each case is an abdominal crop around a pancreas-like curved organ with one lesion, amid
+distractors (liver, vessels, kidneys, spine, bowel with air and oral contrast). The three
+subtypes differ only in the lesion's appearance; size, shape and position are drawn from the
+same distributions for every subtype, so the label cannot leak through them:
+
+* subtype 0 -- hypodense solid lesion (about 45 HU, textured) in parenchyma of about 100 HU;
+* subtype 1 -- cystic lesion: near-water interior (about 5 HU) with an enhancing rim;
+* subtype 2 -- hyperdense lesion (about 175 HU, textured).
+
+Lesions take 15-35 % of the foreground (pancreas + lesion), like the real data's ~23 %.
+Files carry the real data's quirks: float masks where some pancreas voxels hold
+1.0000152587890625, images stored as int16 with scl_slope/scl_inter, as plain int16 or as
+float32, LPS/RAS/LAS orientations and anisotropic, jittered spacing.
+
+CLI: ``python -m pancreas_multitask.dataset.phantom OUT_DIR [--profile-params FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import nibabel as nib
+import numpy as np
+import yaml
+from scipy import ndimage
+
+from ..io import write_text
+from ..runtime import progress
+
+MASK_QUIRK = 1.0000152587890625  # a value that occurs in the real float masks
+STAMP = "phantom.json"
+PHANTOM_VERSION = 1
+# lesion appearance per subtype: (core HU, texture sigma HU, rim HU or None)
+SUBTYPE_LOOK: dict[int, tuple[float, float, float | None]] = {
+    0: (45.0, 10.0, None),
+    1: (5.0, 3.0, 150.0),
+    2: (175.0, 10.0, None),
+}
+PARENCHYMA_HU = 100.0
+ORIENTATIONS = ("LPS", "RAS", "LAS")  # nibabel axis codes used for storage
+STORAGE = ("int16_scaled", "int16", "float32")
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Sizes and counts of one phantom; set per profile (``phantom`` parameter)."""
+
+    train: tuple[int, ...] = (12, 20, 16)
+    validation: tuple[int, ...] = (4, 6, 5)
+    test: int = 12
+    shape: tuple[int, int, int] = (40, 64, 80)  # z, y, x voxels (median; jittered per case)
+    spacing: tuple[float, float, float] = (2.5, 1.4, 1.4)  # z, y, x mm (median; jittered per case)
+    lesion_fraction: tuple[float, float] = (0.15, 0.35)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PhantomConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"phantom: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        config = cls(**kwargs)
+        if len(config.train) != len(config.validation) or len(config.train) < 2:
+            raise ValueError("phantom: train and validation must give one count per subtype")
+        if len(config.train) != len(SUBTYPE_LOOK):
+            raise ValueError(f"phantom: the phantom draws {len(SUBTYPE_LOOK)} subtypes, got {len(config.train)} counts")
+        return config
+
+
+@dataclass
+class PhantomCase:
+    """One generated case, in (z, y, x) voxel order before storage."""
+
+    case_id: str
+    split: str
+    subtype: int
+    image: np.ndarray  # HU, float32
+    labels: np.ndarray  # uint8, 0/1/2
+    spacing: tuple[float, float, float]
+    orientation: str
+    storage: str
+    quirk: bool
+    origin: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    field_ = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return field_ / (field_.std() + 1e-6)
+
+
+def _ellipsoid(grid: tuple[np.ndarray, ...], center: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii)) <= 1.0  # type: ignore[return-value]
+
+
+def _tube(grid: tuple[np.ndarray, ...], points: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Normalised distance to a polyline with varying radius (< 1 inside)."""
+    best = np.full(grid[0].shape, np.inf, dtype=np.float32)
+    for p, r in zip(points, radii):
+        d = sum((g - c) ** 2 for g, c in zip(grid, p)) / (r * r)
+        np.minimum(best, d, out=best)
+    return np.sqrt(best)
+
+
+def generate_case(case_id: str, split: str, subtype: int, config: PhantomConfig, rng: np.random.Generator) -> PhantomCase:
+    """Draw one case; anatomy is defined in mm around the crop centre."""
+    spacing = np.array(config.spacing) * np.array([rng.uniform(0.8, 1.2), *(rng.uniform(0.9, 1.1),) * 2])
+    fov = np.array(config.shape) * np.array(config.spacing) * rng.uniform(0.93, 1.07, 3)
+    shape = tuple(int(n) for n in np.maximum(np.round(fov / spacing), 16))
+    axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]
+    grid = np.meshgrid(*axes, indexing="ij")  # z, y (posterior +), x (patient left +)
+    z, y, x = grid
+    half = fov / 2
+
+    # background: retroperitoneal fat with slow variation
+    image = -100.0 + 15.0 * _smooth_noise(rng, shape, 6.0)
+
+    # pancreas centreline: head at patient right (x < 0), tail rising towards the spleen
+    t = np.linspace(0.0, 1.0, 48)
+    length = half[2] * 1.3 * rng.uniform(0.85, 1.05)
+    cx = (t - 0.45) * length
+    cy = rng.uniform(-8, 2) + rng.uniform(6, 16) * ((t - 0.5) * 2) ** 2 - 6 * t
+    cz = rng.uniform(-0.1, 0.1) * half[0] + rng.uniform(0.05, 0.2) * half[0] * (t - 0.5) * 2
+    angle = np.deg2rad(rng.uniform(-12, 12))
+    cx, cy = np.cos(angle) * cx - np.sin(angle) * cy, np.sin(angle) * cx + np.cos(angle) * cy
+    points = np.stack([cz, cy, cx], axis=1)
+    radii = (13.0 - 6.0 * t) * rng.uniform(0.85, 1.15) * (half[1] / 45.0)
+    lobulation = 1.0 + 0.12 * _smooth_noise(rng, shape, 3.0)
+    pancreas = _tube(grid, points, radii) < lobulation
+
+    # distractors, placed relative to the pancreas so that they never overlap it
+    keep_out = ndimage.binary_dilation(pancreas, iterations=2)
+    organs: list[tuple[np.ndarray, float, float]] = []
+    liver = (x - (-half[2] * 0.95)) ** 2 / (half[2] * 0.35) ** 2 + (y + 5) ** 2 / (half[1] * 0.8) ** 2 < 1
+    organs.append((liver, 110.0, 8.0))
+    spine_c = np.array([half[1] * 0.82, rng.uniform(-4, 4)])
+    spine_r = np.hypot(y - spine_c[0], x - spine_c[1])
+    organs.append((spine_r < 15, 250.0, 25.0))
+    organs.append(((spine_r >= 12) & (spine_r < 15), 700.0, 40.0))
+    aorta = np.hypot(y - spine_c[0] + 24, x - spine_c[1] - 9) < rng.uniform(7, 10)
+    ivc = np.hypot(y - spine_c[0] + 22, x - spine_c[1] + 22) < rng.uniform(8, 11)
+    organs += [(aorta, 165.0, 6.0), (ivc, 125.0, 6.0)]
+    for side in (-1, 1):
+        kc = np.array([rng.uniform(-10, 10), spine_c[0] - 8, side * half[2] * 0.7])
+        kidney = _ellipsoid(grid, kc, np.array([30.0, 12.0, 18.0]) * rng.uniform(0.8, 1.1))
+        organs.append((kidney, 170.0, 10.0))
+    vein_pts = points + np.array([0.0, 1.0, 0.0]) * (radii[:, None] + 3.0)
+    organs.append((_tube(grid, vein_pts[8:], np.full(40, 3.0)) < 1, 170.0, 6.0))
+    for _ in range(int(rng.integers(5, 9))):  # bowel loops: soft tissue, some with air or contrast
+        c = np.array([rng.uniform(-half[0], half[0]), rng.uniform(-half[1], 0.2 * half[1]), rng.uniform(-half[2], half[2])])
+        r = rng.uniform(6, 14, 3)
+        loop = _ellipsoid(grid, c, r)
+        organs.append((loop, 40.0, 10.0))
+        content = rng.choice(["air", "contrast", "none"])
+        if content != "none":
+            organs.append((_ellipsoid(grid, c, r * 0.5), -800.0 if content == "air" else 260.0, 20.0))
+    texture = _smooth_noise(rng, shape, 1.0)
+    for mask, hu, sd in organs:
+        mask = mask & ~keep_out
+        image[mask] = hu + sd * texture[mask]
+
+    # lesion: same size/shape/position distributions for every subtype
+    target = rng.uniform(*config.lesion_fraction)
+    anchor = points[int(rng.integers(8, 40))] + rng.normal(0, 2.0, 3)
+    axis_ratio = np.array([1.0, rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0)])
+    edge = 1.0 + 0.1 * _smooth_noise(rng, shape, 2.5)
+    npan = pancreas.sum()
+
+    def lesion_at(scale: float) -> np.ndarray:
+        d = np.sqrt(sum(((g - c) / (scale * a)) ** 2 for g, c, a in zip(grid, anchor, axis_ratio)))
+        return d < edge
+
+    lo, hi = 1.0, 60.0
+    for _ in range(25):
+        mid = (lo + hi) / 2
+        les = lesion_at(mid)
+        frac = les.sum() / max(npan + (les & ~pancreas).sum(), 1)
+        lo, hi = (mid, hi) if frac < target else (lo, mid)
+    lesion = lesion_at((lo + hi) / 2)
+
+    image[pancreas] = PARENCHYMA_HU + 8.0 * texture[pancreas]
+    core, sd, rim = SUBTYPE_LOOK[subtype]
+    image[lesion] = core + sd * _smooth_noise(rng, shape, 0.8)[lesion]
+    if rim is not None:
+        shell = lesion & ~ndimage.binary_erosion(lesion, iterations=2)
+        image[shell] = rim + 10.0 * texture[shell]
+
+    labels = np.zeros(shape, np.uint8)
+    labels[pancreas] = 1
+    labels[lesion] = 2
+
+    # scanner: point-spread blur, then noise and a per-case offset
+    image = ndimage.gaussian_filter(image, 0.6) + rng.normal(0, rng.uniform(8, 16), shape) + rng.uniform(-10, 10)
+    return PhantomCase(
+        case_id=case_id,
+        split=split,
+        subtype=subtype,
+        image=image.astype(np.float32),
+        labels=labels,
+        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        orientation=ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))],
+        storage=STORAGE[int(rng.integers(len(STORAGE)))],
+        quirk=bool(rng.random() < 0.5),
+        origin=tuple(float(v) for v in rng.uniform(-200, 200, 3)),  # type: ignore[arg-type]
+    )
+
+
+def to_nifti(case: PhantomCase) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """Store (z, y, x) arrays as NIfTI (x, y, z) in the case's orientation; masks as float32."""
+    image = case.image.transpose(2, 1, 0)
+    labels = case.labels.transpose(2, 1, 0)
+    sz, sy, sx = case.spacing
+    signs = {"LPS": (-1, -1, 1), "RAS": (1, 1, 1), "LAS": (-1, 1, 1)}[case.orientation]
+    affine = np.diag([signs[0] * sx, signs[1] * sy, signs[2] * sz, 1.0])
+    affine[:3, 3] = case.origin
+    mask = labels.astype(np.float32)
+    if case.quirk:  # the real masks hold 1.0000152587890625 for some pancreas voxels
+        mask[(labels == 1) & (np.indices(labels.shape).sum(0) % 3 == 0)] = MASK_QUIRK
+    if case.storage == "int16_scaled":
+        img = nib.Nifti1Image(image, affine)
+        img.set_data_dtype(np.int16)  # nibabel picks scl_slope/scl_inter
+    elif case.storage == "int16":
+        img = nib.Nifti1Image(np.round(image).clip(-32768, 32767).astype(np.int16), affine)
+    else:
+        img = nib.Nifti1Image(image.astype(np.float32), affine)
+    seg = nib.Nifti1Image(mask, affine)
+    for im in (img, seg):
+        im.set_qform(affine, code=1)
+        im.set_sform(affine, code=1)
+    return img, seg
+
+
+def _plan(config: PhantomConfig) -> list[tuple[str, str, int]]:
+    """(case id, split, subtype) for every case; ids are unique 3-digit numbers, like the quiz."""
+    rng = np.random.default_rng([config.seed, 0])
+    labelled = [(split, k) for split, counts in (("train", config.train), ("validation", config.validation)) for k, n in enumerate(counts) for _ in range(n)]
+    test_subtypes = rng.choice(len(config.train), size=config.test, p=np.array(config.train) / sum(config.train))
+    total = len(labelled) + config.test
+    if total > 1000:
+        raise ValueError(f"phantom: {total} cases do not fit 3-digit case numbers")
+    numbers = rng.permutation(1000)[:total]
+    plan = [(f"quiz_{k}_{n:03d}", split, k) for (split, k), n in zip(labelled, numbers)]
+    plan += [(f"quiz_{n:03d}", "test", int(k)) for n, k in zip(numbers[len(labelled):], test_subtypes)]
+    return plan
+
+
+def write_phantom(raw: Path, answers: Path, config: PhantomConfig) -> None:
+    """Generate every case into ``raw`` (quiz layout) and the test answer key into ``answers``."""
+    key_rows = []
+    for index, (case_id, split, subtype) in enumerate(progress(_plan(config), "phantom", unit="case")):
+        case = generate_case(case_id, split, subtype, config, np.random.default_rng([config.seed, 1, index]))
+        img, seg = to_nifti(case)
+        if split == "test":
+            folder = raw / "test"
+            key_rows.append((f"{case_id}.nii.gz", subtype))
+            mask_path = answers / "masks" / f"{case_id}.nii.gz"
+        else:
+            folder = raw / split / f"subtype{subtype}"
+            mask_path = folder / f"{case_id}.nii.gz"
+        folder.mkdir(parents=True, exist_ok=True)
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(img, str(folder / f"{case_id}_0000.nii.gz"))
+        nib.save(seg, str(mask_path))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["Names", "Subtype"])
+    writer.writerows(key_rows)
+    write_text(answers / "subtype_labels.csv", buffer.getvalue())
+    (raw / "test").mkdir(parents=True, exist_ok=True)
+
+
+def _stamp(config: PhantomConfig) -> dict[str, Any]:
+    return {"generator": "pancreas_multitask.dataset.phantom", "version": PHANTOM_VERSION, "config": asdict(config)}
+
+
+def ensure_phantom(raw: str | Path, answers: str | Path, config: PhantomConfig | Mapping[str, Any]) -> bool:
+    """Generate the phantom unless ``raw`` already holds one made with the same config.
+
+    Generation happens in a temporary folder that is renamed into place, so a killed run leaves
+    no half-written dataset. Returns True when it generated. A ``raw`` folder that exists without
+    the phantom's stamp is never touched.
+    """
+    raw, answers = Path(raw), Path(answers)
+    cfg = config if isinstance(config, PhantomConfig) else PhantomConfig.from_dict(config)
+    stamp = _stamp(cfg)
+    stamp_file = raw / STAMP
+    if stamp_file.exists():
+        if json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)):
+            return False
+    for folder in (raw, answers):
+        if folder.exists() and not (raw / STAMP).exists():
+            raise FileExistsError(f"{folder}: exists but holds no phantom stamp ({STAMP}); refusing to overwrite it")
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".phantom-", dir=raw.parent) as tmp:
+        tmp_raw, tmp_answers = Path(tmp) / "raw", Path(tmp) / "answers"
+        write_phantom(tmp_raw, tmp_answers, cfg)
+        (tmp_raw / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+        for src, dst in ((tmp_answers, answers), (tmp_raw, raw)):  # raw last: its stamp marks completion
+            if dst.exists():
+                shutil.rmtree(dst)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            src.replace(dst)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Generate the synthetic quiz-layout phantom.")
+    parser.add_argument("out", type=Path, help="output folder; writes OUT/quiz and OUT/test_answers")
+    parser.add_argument("--params", type=Path, help="a profile YAML whose `phantom` block sets sizes and counts")
+    parser.add_argument("--seed", type=int, help="override the seed")
+    args = parser.parse_args(argv)
+    block: dict[str, Any] = {}
+    if args.params:
+        block = dict(yaml.safe_load(args.params.read_text()).get("phantom", {}))
+    if args.seed is not None:
+        block["seed"] = args.seed
+    made = ensure_phantom(args.out / "quiz", args.out / "test_answers", PhantomConfig.from_dict(block))
+    print(f"{'generated' if made else 'up to date'}: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

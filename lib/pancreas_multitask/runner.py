@@ -1,0 +1,187 @@
+"""Headless notebook runner behind ``run_all.sh`` (papermill + nbconvert, MONAI ``runner.sh`` style).
+
+Runs the numbered notebooks in order with a profile's parameters, writes each executed copy and
+its HTML export to ``reports/runs/<run_id>/`` (a failed one included), records the run in
+``run.json`` and an ``index.html``, and stops at the first failure with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import papermill as pm
+import yaml
+from nbconvert import HTMLExporter
+
+from .dataset.phantom import ensure_phantom
+from .io import write_json, write_text
+from .manifest import load_manifest
+from .runtime import HEADLESS_VAR, find_repo_root, git_revision, library_versions
+
+PROFILES = ("demo", "smoke", "local", "colab")
+
+
+def discover_notebooks(notebook_dir: Path) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``), in order."""
+    return sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_notebooks(notebooks: list[Path], start: str | None = None, only: str | None = None) -> list[Path]:
+    """Filter by ``--from NN`` / ``--only NN`` (two-digit prefixes)."""
+    def number(p: Path) -> int:
+        return int(p.name[:2])
+
+    if only is not None:
+        chosen = [p for p in notebooks if number(p) == int(only)]
+        if not chosen:
+            raise SystemExit(f"--only {only}: no notebook numbered {only} in {[p.name for p in notebooks]}")
+        return chosen
+    if start is not None:
+        return [p for p in notebooks if number(p) >= int(start)]
+    return notebooks
+
+
+def load_parameters(params_dir: Path, profile: str, extra: Path | None = None) -> dict[str, Any]:
+    """The profile's parameter file, updated by an optional extra YAML file."""
+    path = params_dir / f"{profile}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"unknown profile {profile!r}: {path} does not exist")
+    params = yaml.safe_load(path.read_text()) or {}
+    if extra is not None:
+        try:
+            params.update(yaml.safe_load(extra.read_text()) or {})
+        except (OSError, yaml.YAMLError) as exc:
+            raise SystemExit(f"--params {extra}: cannot read it ({exc})") from exc
+    params["profile"] = profile
+    return params
+
+
+def notebook_parameters(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``params`` that the notebook's ``parameters`` cell declares."""
+    declared = pm.inspect_notebook(str(notebook))
+    return {k: v for k, v in params.items() if k in declared}
+
+
+def export_html(executed: Path, target: Path) -> None:
+    """HTML export of an executed notebook (images embedded)."""
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(executed), as_version=4))
+    write_text(target, body)
+
+
+def _index_html(record: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td><a href='{html.escape(n['html'])}'>{html.escape(n['notebook'])}</a></td>"
+        f"<td>{html.escape(n['status'])}</td><td>{n['seconds']:.1f}</td></tr>"
+        for n in record["notebooks"]
+    )
+    params = html.escape(yaml.safe_dump(record["parameters"], sort_keys=True))
+    versions = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in record["versions"].items())
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Run "
+        f"{html.escape(record['run_id'])}</title><style>body{{font-family:sans-serif;margin:2em}}"
+        "td,th{padding:4px 12px;border-bottom:1px solid #ddd}</style></head><body>"
+        f"<h1>Run {html.escape(record['run_id'])}</h1>"
+        f"<p>Profile <b>{html.escape(record['profile'])}</b>, status <b>{html.escape(record['status'])}</b>, "
+        f"git {html.escape(record['git_revision'])}, started {html.escape(record['started'])}.</p>"
+        f"<table><tr><th>notebook</th><th>status</th><th>seconds</th></tr>{rows}</table>"
+        f"<h2>Parameters</h2><pre>{params}</pre><h2>Library versions</h2><ul>{versions}</ul></body></html>"
+    )
+
+
+def new_run_dir(reports: Path, profile: str) -> Path:
+    """``reports/runs/<timestamp>-<profile>``, unique."""
+    stem = f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{profile}"
+    run_dir, n = reports / "runs" / stem, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = reports / "runs" / f"{stem}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run(repo: Path, profile: str, start: str | None = None, only: str | None = None, extra: Path | None = None) -> int:
+    """Run the selected notebooks; returns the process exit code."""
+    notebook_dir = repo / "notebooks"
+    params = load_parameters(notebook_dir / "params", profile, extra)
+    notebooks = select_notebooks(discover_notebooks(notebook_dir), start, only)
+    run_dir = new_run_dir(repo / "reports", profile)
+    params["run_dir"] = str(run_dir)
+    os.environ[HEADLESS_VAR] = "1"
+    os.environ["TQDM_DISABLE"] = "1"  # no progress bars in logs or executed notebooks
+    if params.get("phantom"):  # synthetic profiles: make the data even when 00_setup is skipped
+        paths = load_manifest(notebook_dir / params.get("manifest", "../data_manifest.yaml")).paths(profile)
+        made = ensure_phantom(paths.raw, paths.test_answers, params["phantom"])
+        print(f"synthetic data: {'generated' if made else 'up to date'} in {paths.raw}", flush=True)
+    record: dict[str, Any] = {
+        "run_id": run_dir.name,
+        "profile": profile,
+        "parameters": params,
+        "git_revision": git_revision(repo),
+        "versions": library_versions(),
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "status": "running",
+        "notebooks": [],
+    }
+    print(f"run {run_dir.name}: profile {profile}, {len(notebooks)} notebook(s) -> {run_dir.relative_to(repo)}", flush=True)
+    status = 0
+    for notebook in notebooks:
+        executed = run_dir / notebook.name
+        page = executed.with_suffix(".html")
+        entry = {"notebook": notebook.name, "html": page.name, "status": "running", "seconds": 0.0}
+        record["notebooks"].append(entry)
+        t0 = time.monotonic()
+        print(f"[{notebook.stem}] running ...", flush=True)
+        error: Exception | None = None
+        try:
+            pm.execute_notebook(
+                str(notebook),
+                str(executed),
+                parameters=notebook_parameters(notebook, params),
+                cwd=str(notebook_dir),
+                kernel_name="python3",
+                progress_bar=False,
+                request_save_on_cell_execute=True,
+            )
+        except Exception as exc:  # papermill's execution error, a dead kernel, ...
+            error = exc
+        entry["seconds"] = round(time.monotonic() - t0, 1)
+        if executed.exists():
+            export_html(executed, page)
+        if error is not None:
+            entry["status"] = "failed"
+            reason = getattr(error, "ename", type(error).__name__) + ": " + str(getattr(error, "evalue", error)).splitlines()[0][:200]
+            where = page.relative_to(repo) if page.exists() else executed.relative_to(repo)
+            print(f"[{notebook.stem}] FAILED after {entry['seconds']}s ({reason}) -> see {where}", flush=True)
+            status = 1
+            break
+        entry["status"] = "ok"
+        print(f"[{notebook.stem}] ok in {entry['seconds']}s", flush=True)
+    record["status"] = "failed" if status else "ok"
+    record["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    write_json(run_dir / "run.json", record)
+    write_text(run_dir / "index.html", _index_html(record))
+    report = run_dir / "evaluation.html"
+    print(f"report: {(report if report.exists() else run_dir / 'index.html').relative_to(repo)}", flush=True)
+    return status
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="run_all.sh", description="Run the numbered notebooks headless with a parameter profile.")
+    parser.add_argument("--profile", default="demo", choices=PROFILES, help="parameter profile (notebooks/params/<profile>.yaml)")
+    parser.add_argument("--from", dest="start", metavar="NN", help="start at notebook NN (e.g. 02)")
+    parser.add_argument("--only", metavar="NN", help="run notebook NN only")
+    parser.add_argument("--params", type=Path, help="extra YAML whose keys override the profile's parameters")
+    args = parser.parse_args(argv)
+    sys.exit(run(find_repo_root(), args.profile, args.start, args.only, args.params))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Where and how we run: repo root, Colab/headless/device detection, nnU-Net variables, provenance."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+from tqdm.auto import tqdm
+
+from .manifest import ProfilePaths
+
+T = TypeVar("T")
+
+HEADLESS_VAR = "PANCREAS_HEADLESS"  # set by the papermill runner
+KEY_PACKAGES = ("nnunetv2", "torch", "numpy", "nibabel", "SimpleITK", "scikit-learn", "papermill", "nbconvert", "matplotlib", "seaborn")
+
+
+def find_repo_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: cwd) that holds ``data_manifest.yaml``."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "data_manifest.yaml").is_file():
+            return folder
+    raise FileNotFoundError(f"no data_manifest.yaml at or above {here}; run from inside the repository")
+
+
+def in_colab() -> bool:
+    """True inside a Google Colab runtime (its kernel imports ``google.colab`` at start)."""
+    return "google.colab" in sys.modules
+
+
+def is_headless() -> bool:
+    """True when the notebooks run under the papermill runner (no widgets, one line per step)."""
+    return os.environ.get(HEADLESS_VAR) == "1"
+
+
+def progress(iterable: Iterable[T], desc: str, **kwargs: Any) -> Iterable[T]:
+    """A tqdm.auto progress bar, silent when headless (the runner prints one line per step)."""
+    return tqdm(iterable, desc=desc, disable=is_headless(), **kwargs)
+
+
+def detect_device(requested: str = "auto") -> str:
+    """``cuda`` when asked for or available (with ``auto``), else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but torch sees no CUDA GPU")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def nnunet_environment(paths: ProfilePaths, device: str) -> dict[str, str]:
+    """The ``nnUNet_*`` variables for a profile and device.
+
+    On CPU: ``nnUNet_compile=f`` (torch.compile breaks CPU training, nnU-Net #1365/#2219),
+    ``nnUNet_def_n_proc`` and ``nnUNet_n_proc_DA`` set to the core count (nnU-Net's default of 8
+    processes oversubscribes a 2-core machine). On CUDA nnU-Net's own defaults are kept.
+    """
+    env = {
+        "nnUNet_raw": str(paths.nnunet_raw),
+        "nnUNet_preprocessed": str(paths.nnunet_preprocessed),
+        "nnUNet_results": str(paths.nnunet_results),
+    }
+    if device == "cpu":
+        cores = str(os.cpu_count() or 1)
+        env.update(nnUNet_compile="f", nnUNet_def_n_proc=cores, nnUNet_n_proc_DA=cores)
+    return env
+
+
+def configure_nnunet(paths: ProfilePaths, device: str) -> dict[str, str]:
+    """Create the nnU-Net folders and export the variables; must run before nnunetv2 is imported."""
+    env = nnunet_environment(paths, device)
+    folders = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    imported = sys.modules.get("nnunetv2.paths")
+    if imported is not None and any(getattr(imported, k) != env[k] for k in folders):
+        raise RuntimeError("nnunetv2 was imported with other nnUNet_* folders; restart the kernel and run the setup cells first")
+    for key in folders:
+        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    os.environ.update(env)
+    return env
+
+
+def library_versions() -> dict[str, str]:
+    """Python and key library versions, for reports."""
+    versions = {"python": platform.python_version()}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_revision(repo: str | os.PathLike[str]) -> str:
+    """``HEAD``'s hash, with ``+dirty`` when tracked files changed; ``unknown`` outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")

@@ -1,0 +1,73 @@
+"""Static figures shared by the notebooks and the report: CT slices with mask overlays."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+from .dataset.scan import Case
+
+CT_WINDOW = (40.0, 400.0)  # level, width (abdominal soft tissue)
+LABEL_COLORS = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 1.0), (0.95, 0.15, 0.1, 1.0)])
+
+
+def load_canonical(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Volume reoriented to RAS (x, y, z), scaled, with its spacing."""
+    img = nib.as_closest_canonical(nib.load(path))
+    return img.get_fdata(dtype=np.float32), tuple(float(z) for z in img.header.get_zooms()[:3])  # type: ignore[return-value]
+
+
+def window(image: np.ndarray, level: float = CT_WINDOW[0], width: float = CT_WINDOW[1]) -> np.ndarray:
+    """Map HU to [0, 1] for display."""
+    return np.clip((image - (level - width / 2)) / width, 0.0, 1.0)
+
+
+def overlay_axial(ax: plt.Axes, image: np.ndarray, labels: np.ndarray | None, spacing: Sequence[float], z: int, alpha: float = 0.4) -> None:
+    """One axial slice of canonical (x, y, z) arrays, anterior up, with the label overlay."""
+    extent_aspect = spacing[1] / spacing[0]
+    ax.imshow(window(image[:, :, z]).T, cmap="gray", origin="lower", aspect=extent_aspect, interpolation="nearest")
+    if labels is not None:
+        ax.imshow(np.rint(labels[:, :, z]).T, cmap=LABEL_COLORS, vmin=0, vmax=2, alpha=alpha, origin="lower", aspect=extent_aspect, interpolation="nearest")
+    ax.set_axis_off()
+
+
+def best_slice(labels: np.ndarray) -> int:
+    """The axial slice with the most lesion voxels (or foreground, or the middle)."""
+    for value in (2, 1):
+        counts = (np.rint(labels) >= value).sum(axis=(0, 1))
+        if counts.any():
+            return int(np.argmax(counts))
+    return labels.shape[2] // 2
+
+
+def subtype_examples(cases: Sequence[Case], subtypes: Sequence[str]) -> Figure:
+    """One labelled case per subtype: the slice with the largest lesion, mask overlaid."""
+    fig, axes = plt.subplots(1, len(subtypes), figsize=(4 * len(subtypes), 4), squeeze=False)
+    for k, (ax, name) in enumerate(zip(axes[0], subtypes)):
+        case = next((c for c in cases if c.subtype == k and c.mask is not None), None)
+        if case is None:
+            ax.set_title(f"{name}: no case")
+            ax.set_axis_off()
+            continue
+        image, spacing = load_canonical(str(case.image))
+        labels, _ = load_canonical(str(case.mask))
+        overlay_axial(ax, image, labels, spacing, best_slice(labels))
+        ax.set_title(f"{name}: {case.case_id}")
+    fig.suptitle("green: pancreas, red: lesion (W400/L40)")
+    fig.tight_layout()
+    return fig
+
+
+def geometry_summary(cases: Sequence[Case]) -> pd.DataFrame:
+    """Median/min/max voxel counts and spacing (mm) per stored axis."""
+    rows = {}
+    for name, values in (("shape", np.array([c.shape for c in cases])), ("spacing mm", np.array([c.spacing for c in cases]))):
+        for stat, fn in (("median", np.median), ("min", np.min), ("max", np.max)):
+            rows[f"{name} {stat}"] = fn(values, axis=0)
+    return pd.DataFrame(rows, index=["axis 0", "axis 1", "axis 2"]).T.round(3)

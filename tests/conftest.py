@@ -1,0 +1,66 @@
+"""Shared fixtures: the repo's manifest, tiny phantoms, the real case, file snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pancreas_multitask.dataset.phantom import PhantomConfig, ensure_phantom
+from pancreas_multitask.manifest import Manifest, load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = PhantomConfig(train=(2, 2, 2), validation=(1, 1, 1), test=2, shape=(16, 28, 32), spacing=(3.0, 2.0, 2.0), seed=7)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def manifest() -> Manifest:
+    return load_manifest(REPO / "data_manifest.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny phantom (read-only by convention): ROOT/quiz and ROOT/test_answers."""
+    root = tmp_path_factory.mktemp("tiny_phantom")
+    ensure_phantom(root / "quiz", root / "test_answers", TINY)
+    return root
+
+
+@pytest.fixture()
+def raw_copy(tiny_phantom: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny phantom's quiz folder, free to break."""
+    target = tmp_path / "quiz"
+    shutil.copytree(tiny_phantom / "quiz", target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def real_case_dir() -> Path:
+    """The one real quiz case in ../shared/data/real_case (PANCREAS_REAL_CASE_DIR overrides)."""
+    folder = Path(os.environ.get("PANCREAS_REAL_CASE_DIR", REPO.parent / "shared" / "data" / "real_case"))
+    if not (folder / "quiz_0_324_0000.nii.gz").is_file():
+        pytest.skip(f"real case not found in {folder}")
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, to prove a step wrote nothing there."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_manifest(tmp_path: Path, **profiles: dict[str, str]) -> Path:
+    """A copy of the repo's manifest whose profiles are replaced by ``profiles``."""
+    data = yaml.safe_load((REPO / "data_manifest.yaml").read_text())
+    data["profiles"] = profiles
+    path = tmp_path / "data_manifest.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,47 @@
+"""House rules for notebooks: one literal `parameters` cell, no stored outputs, known profile keys."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+import yaml
+
+from pancreas_multitask.runner import discover_notebooks
+
+from conftest import REPO
+
+NOTEBOOKS = discover_notebooks(REPO / "notebooks")
+
+
+def test_notebooks_exist() -> None:
+    assert [p.name for p in NOTEBOOKS][:1] == ["00_setup.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exactly_one_literal_parameters_cell(path: Path) -> None:
+    nb = nbformat.read(str(path), as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
+    assert tagged[0].cell_type == "code"
+    for node in ast.parse(tagged[0].source).body:
+        assert isinstance(node, ast.Assign), f"{path.name}: parameters cell may only assign literals"
+        ast.literal_eval(node.value)  # raises on anything but a literal
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_stored_outputs(path: Path) -> None:
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip outputs before committing"
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "notebooks" / "params").glob("*.yaml")))
+def test_profile_keys_are_declared_by_a_notebook(profile: str) -> None:
+    declared = set().union(*(pm.inspect_notebook(str(p)) for p in NOTEBOOKS))
+    keys = set(yaml.safe_load((REPO / "notebooks" / "params" / f"{profile}.yaml").read_text()))
+    assert keys <= declared, f"{profile}.yaml sets parameters no notebook declares: {sorted(keys - declared)}"

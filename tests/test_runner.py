@@ -1,0 +1,93 @@
+"""The papermill runner and 00_setup, executed headless with the smoke profile."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+import yaml
+
+from pancreas_multitask.runner import run, select_notebooks
+
+from conftest import REPO, write_manifest
+
+pytestmark = pytest.mark.notebook
+SMOKE = yaml.safe_load((REPO / "notebooks" / "params" / "smoke.yaml").read_text())
+
+
+def _fake_repo(tmp_path: Path, extra_cells: dict[str, str] | None = None) -> Path:
+    """A repo copy whose manifest sends the smoke profile to tmp folders."""
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / "notebooks" / "00_setup.ipynb", repo / "notebooks")
+    shutil.copytree(REPO / "notebooks" / "params", repo / "notebooks" / "params")
+    write_manifest(repo, smoke={"raw": "data/quiz", "test_answers": "data/answers", "work": "work"})
+    for name, source in (extra_cells or {}).items():
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
+        nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(source)]
+        nbformat.write(nb, str(repo / "notebooks" / name))
+    return repo
+
+
+def test_setup_notebook_with_smoke_parameters(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, smoke={"raw": "quiz", "test_answers": "answers", "work": "work"})
+    pm.execute_notebook(
+        str(REPO / "notebooks" / "00_setup.ipynb"),
+        str(tmp_path / "00_setup.ipynb"),
+        parameters={**SMOKE, "profile": "smoke", "manifest": str(manifest)},
+        cwd=str(REPO / "notebooks"),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    summary = json.loads((tmp_path / "work" / "setup.json").read_text())
+    phantom = SMOKE["phantom"]
+    assert summary["device"] == "cpu"
+    assert summary["counts"]["train"] == {f"subtype{k}": n for k, n in enumerate(phantom["train"])}
+    assert summary["counts"]["validation"] == {f"subtype{k}": n for k, n in enumerate(phantom["validation"])}
+    assert summary["counts"]["test"] == {"unlabeled": phantom["test"]}
+    assert summary["nnunet_env"]["nnUNet_raw"] == str(tmp_path / "work" / "nnUNet_raw")
+    assert summary["nnunet_env"]["nnUNet_compile"] == "f"
+    table = (tmp_path / "work" / "case_table.csv").read_text().splitlines()
+    assert len(table) == 1 + sum(phantom["train"]) + sum(phantom["validation"]) + phantom["test"]
+    executed = nbformat.read(str(tmp_path / "00_setup.ipynb"), as_version=4)
+    images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert images, "the subtype figure was not drawn"
+
+
+def test_runner_writes_html_and_run_record(tmp_path: Path, capsys) -> None:
+    repo = _fake_repo(tmp_path)
+    assert run(repo, "smoke") == 0
+    (run_dir,) = (repo / "reports" / "runs").iterdir()
+    assert (run_dir / "00_setup.ipynb").is_file()
+    assert "usable case(s)" in (run_dir / "00_setup.html").read_text()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "ok" and record["notebooks"][0]["status"] == "ok"
+    assert record["parameters"]["phantom"] == SMOKE["phantom"]
+    assert (repo / "data" / "quiz" / "phantom.json").is_file()
+    out = capsys.readouterr().out
+    assert f"report: reports/runs/{run_dir.name}/index.html" in out
+    assert "it/s" not in out and "%|" not in out  # no progress bars in the log
+
+
+def test_runner_stops_at_the_first_failure(tmp_path: Path, capsys) -> None:
+    repo = _fake_repo(tmp_path, {"01_fails.ipynb": "raise RuntimeError('boom')", "02_never.ipynb": "print('unreachable')"})
+    assert run(repo, "smoke", start="01") == 1
+    (run_dir,) = (repo / "reports" / "runs").iterdir()
+    assert (run_dir / "01_fails.html").is_file()
+    assert not (run_dir / "02_never.ipynb").exists()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert [n["status"] for n in record["notebooks"]] == ["failed"]
+    out = capsys.readouterr().out
+    assert f"FAILED after" in out and "RuntimeError: boom" in out and f"01_fails.html" in out
+
+
+def test_select_notebooks() -> None:
+    paths = [Path(f"{i:02d}_x.ipynb") for i in range(5)]
+    assert select_notebooks(paths, start="02") == paths[2:]
+    assert select_notebooks(paths, only="03") == [paths[3]]
+    with pytest.raises(SystemExit, match="no notebook numbered 09"):
+        select_notebooks(paths, only="09")
