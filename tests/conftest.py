@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -14,6 +15,10 @@ from pancreas_multitask.dataset.phantom import PhantomConfig, ensure_phantom
 from pancreas_multitask.manifest import Manifest, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
+# nnU-Net reads these when its modules are imported; tests that run nnU-Net set the folders themselves
+os.environ.setdefault("nnUNet_def_n_proc", "2")
+os.environ.setdefault("nnUNet_n_proc_DA", "2")
+os.environ.setdefault("nnUNet_compile", "f")
 TINY = PhantomConfig(train=(2, 2, 2), validation=(1, 1, 1), test=2, shape=(16, 28, 32), spacing=(3.0, 2.0, 2.0), seed=7)
 
 
@@ -64,3 +69,21 @@ def write_manifest(tmp_path: Path, **profiles: dict[str, str]) -> Path:
     path = tmp_path / "data_manifest.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+SMOKE = yaml.safe_load((REPO / "notebooks" / "params" / "smoke.yaml").read_text())
+
+
+def fake_repo(tmp_path: Path, notebooks: tuple[str, ...] = ("00_setup.ipynb",), extra_cells: dict[str, str] | None = None) -> Path:
+    """A repo copy with some notebooks, whose manifest sends the smoke profile to tmp folders."""
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    for name in notebooks:
+        shutil.copy(REPO / "notebooks" / name, repo / "notebooks")
+    shutil.copytree(REPO / "notebooks" / "params", repo / "notebooks" / "params")
+    write_manifest(repo, smoke={"raw": "data/quiz", "test_answers": "data/answers", "work": "work"})
+    for name, source in (extra_cells or {}).items():
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
+        nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(source)]
+        nbformat.write(nb, str(repo / "notebooks" / name))
+    return repo

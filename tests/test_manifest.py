@@ -85,6 +85,7 @@ _DELETE = object()
         ("layout.mask", r"^(?P<case>quiz_\d+_\d+)\.nii\.gz$", r"layout.mask lacks the named group\(s\) \['subtype'\]"),
         ("layout.labeled_splits", [], "layout.labeled_splits must be a non-empty list"),
         ("on_bad_case", "ignore", "on_bad_case must be 'error' or 'skip'"),
+        ("label_mode", "multi", "label_mode must be 'regions' or 'plain'"),
         ("profiles.demo.raw", _DELETE, "profiles.demo.raw is missing"),
         ("profiles.demo.extra", "x", r"profiles.demo has unknown key\(s\) \['extra'\]"),
         ("profiles", {}, "profiles must define at least one profile"),

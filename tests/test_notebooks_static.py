@@ -27,9 +27,13 @@ def test_exactly_one_literal_parameters_cell(path: Path) -> None:
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
     assert tagged[0].cell_type == "code"
+    names = set()
     for node in ast.parse(tagged[0].source).body:
         assert isinstance(node, ast.Assign), f"{path.name}: parameters cell may only assign literals"
         ast.literal_eval(node.value)  # raises on anything but a literal
+        names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    # papermill must see every parameter (a comment holding '=' or ':' can hide one from it)
+    assert set(pm.inspect_notebook(str(path))) == names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

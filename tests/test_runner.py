@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nbformat
 import papermill as pm
 import pytest
-import yaml
 
 from pancreas_multitask.runner import run, select_notebooks
 
-from conftest import REPO, write_manifest
+from conftest import REPO, SMOKE, fake_repo, write_manifest
 
 pytestmark = pytest.mark.notebook
-SMOKE = yaml.safe_load((REPO / "notebooks" / "params" / "smoke.yaml").read_text())
-
-
-def _fake_repo(tmp_path: Path, extra_cells: dict[str, str] | None = None) -> Path:
-    """A repo copy whose manifest sends the smoke profile to tmp folders."""
-    repo = tmp_path / "repo"
-    (repo / "notebooks").mkdir(parents=True)
-    shutil.copy(REPO / "notebooks" / "00_setup.ipynb", repo / "notebooks")
-    shutil.copytree(REPO / "notebooks" / "params", repo / "notebooks" / "params")
-    write_manifest(repo, smoke={"raw": "data/quiz", "test_answers": "data/answers", "work": "work"})
-    for name, source in (extra_cells or {}).items():
-        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
-        nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(source)]
-        nbformat.write(nb, str(repo / "notebooks" / name))
-    return repo
-
-
 def test_setup_notebook_with_smoke_parameters(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, smoke={"raw": "quiz", "test_answers": "answers", "work": "work"})
     pm.execute_notebook(
@@ -59,7 +40,7 @@ def test_setup_notebook_with_smoke_parameters(tmp_path: Path) -> None:
 
 
 def test_runner_writes_html_and_run_record(tmp_path: Path, capsys) -> None:
-    repo = _fake_repo(tmp_path)
+    repo = fake_repo(tmp_path)
     assert run(repo, "smoke") == 0
     (run_dir,) = (repo / "reports" / "runs").iterdir()
     assert (run_dir / "00_setup.ipynb").is_file()
@@ -74,7 +55,7 @@ def test_runner_writes_html_and_run_record(tmp_path: Path, capsys) -> None:
 
 
 def test_runner_stops_at_the_first_failure(tmp_path: Path, capsys) -> None:
-    repo = _fake_repo(tmp_path, {"01_fails.ipynb": "raise RuntimeError('boom')", "02_never.ipynb": "print('unreachable')"})
+    repo = fake_repo(tmp_path, extra_cells={"01_fails.ipynb": "raise RuntimeError('boom')", "02_never.ipynb": "print('unreachable')"})
     assert run(repo, "smoke", start="01") == 1
     (run_dir,) = (repo / "reports" / "runs").iterdir()
     assert (run_dir / "01_fails.html").is_file()

@@ -11,6 +11,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 OnBadCase = Literal["error", "skip"]
+LabelMode = Literal["regions", "plain"]
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 _REQUIRED_LABELS = ("background", "pancreas", "lesion")
 
@@ -63,6 +64,7 @@ class Manifest:
     file_ending: str
     layout: Layout
     on_bad_case: OnBadCase
+    label_mode: LabelMode
     raw_profiles: Mapping[str, Mapping[str, str]]
 
     @property
@@ -185,6 +187,10 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
     if on_bad_case not in ("error", "skip"):
         raise ManifestError(f"{where}on_bad_case must be 'error' or 'skip', got {on_bad_case!r}")
 
+    label_mode = data.get("label_mode", "regions")
+    if label_mode not in ("regions", "plain"):
+        raise ManifestError(f"{where}label_mode must be 'regions' or 'plain', got {label_mode!r}")
+
     profiles = _require(data, "profiles", dict, where)
     if not profiles:
         raise ManifestError(f"{where}profiles must define at least one profile")
@@ -206,6 +212,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         file_ending=file_ending,
         layout=layout,
         on_bad_case=on_bad_case,
+        label_mode=label_mode,
         raw_profiles={k: {kk: ("" if vv is None else str(vv)) for kk, vv in v.items()} for k, v in profiles.items()},
     )
 

@@ -41,7 +41,9 @@ def is_headless() -> bool:
 
 def progress(iterable: Iterable[T], desc: str, **kwargs: Any) -> Iterable[T]:
     """A tqdm.auto progress bar, silent when headless (the runner prints one line per step)."""
-    return tqdm(iterable, desc=desc, disable=is_headless(), **kwargs)
+    if is_headless():
+        kwargs["disable"] = True
+    return tqdm(iterable, desc=desc, **kwargs)
 
 
 def detect_device(requested: str = "auto") -> str:
@@ -76,13 +78,9 @@ def nnunet_environment(paths: ProfilePaths, device: str) -> dict[str, str]:
 
 
 def configure_nnunet(paths: ProfilePaths, device: str) -> dict[str, str]:
-    """Create the nnU-Net folders and export the variables; must run before nnunetv2 is imported."""
+    """Create the nnU-Net folders and export the variables (set them before nnU-Net reads them)."""
     env = nnunet_environment(paths, device)
-    folders = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-    imported = sys.modules.get("nnunetv2.paths")
-    if imported is not None and any(getattr(imported, k) != env[k] for k in folders):
-        raise RuntimeError("nnunetv2 was imported with other nnUNet_* folders; restart the kernel and run the setup cells first")
-    for key in folders:
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     os.environ.update(env)
     return env

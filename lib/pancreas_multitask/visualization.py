@@ -29,11 +29,11 @@ def window(image: np.ndarray, level: float = CT_WINDOW[0], width: float = CT_WIN
 
 
 def overlay_axial(ax: plt.Axes, image: np.ndarray, labels: np.ndarray | None, spacing: Sequence[float], z: int, alpha: float = 0.4) -> None:
-    """One axial slice of canonical (x, y, z) arrays, anterior up, with the label overlay."""
+    """One axial slice of canonical RAS (x, y, z) arrays in radiological view (anterior up, patient right on the left)."""
     extent_aspect = spacing[1] / spacing[0]
-    ax.imshow(window(image[:, :, z]).T, cmap="gray", origin="lower", aspect=extent_aspect, interpolation="nearest")
+    ax.imshow(window(image[::-1, :, z]).T, cmap="gray", origin="lower", aspect=extent_aspect, interpolation="nearest")
     if labels is not None:
-        ax.imshow(np.rint(labels[:, :, z]).T, cmap=LABEL_COLORS, vmin=0, vmax=2, alpha=alpha, origin="lower", aspect=extent_aspect, interpolation="nearest")
+        ax.imshow(np.rint(labels[::-1, :, z]).T, cmap=LABEL_COLORS, vmin=0, vmax=2, alpha=alpha, origin="lower", aspect=extent_aspect, interpolation="nearest")
     ax.set_axis_off()
 
 
@@ -71,3 +71,36 @@ def geometry_summary(cases: Sequence[Case]) -> pd.DataFrame:
         for stat, fn in (("median", np.median), ("min", np.min), ("max", np.max)):
             rows[f"{name} {stat}"] = fn(values, axis=0)
     return pd.DataFrame(rows, index=["axis 0", "axis 1", "axis 2"]).T.round(3)
+
+
+def preprocessed_example(preprocessed_folder: str, case_id: str, raw_image: str, raw_mask: str, patch_size: Sequence[int]) -> Figure:
+    """Raw CT slice with its mask next to one preprocessed patch (normalised, resampled) with its segmentation.
+
+    The patch is cut around the lesion's centre, at the plan's patch size, from nnU-Net's own
+    preprocessed arrays (read with nnU-Net's dataset class).
+    """
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    data, seg, _, _ = infer_dataset_class(preprocessed_folder)(preprocessed_folder, [case_id]).load_case(case_id)
+    data, seg = np.asarray(data[0]), np.asarray(seg[0])
+    lesion = np.argwhere(seg == 2)
+    centre = lesion.mean(axis=0).round().astype(int) if len(lesion) else np.array(seg.shape) // 2
+    lo = [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, p, s in zip(centre, patch_size, seg.shape)]
+    box = tuple(slice(l, l + p) for l, p in zip(lo, patch_size))
+    patch, patch_seg = data[box], seg[box]
+    z = int(np.argmax((patch_seg == 2).sum(axis=(1, 2)))) if (patch_seg == 2).any() else patch.shape[0] // 2
+
+    image, spacing = load_canonical(raw_image)
+    labels, _ = load_canonical(raw_mask)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
+    overlay_axial(axes[0], image, labels, spacing, best_slice(labels))
+    axes[0].set_title(f"raw {case_id} (HU, W400/L40)\nshape {image.shape}, spacing {tuple(round(s, 2) for s in spacing)}", fontsize=9)
+    axes[1].imshow(patch[z], cmap="gray", interpolation="nearest")
+    axes[1].set_title(f"preprocessed patch {tuple(patch.shape)} (z-scored)", fontsize=9)
+    axes[2].imshow(patch[z], cmap="gray", interpolation="nearest")
+    axes[2].imshow(np.where(patch_seg[z] < 0, 0, patch_seg[z]), cmap=LABEL_COLORS, vmin=0, vmax=2, alpha=0.45, interpolation="nearest")
+    axes[2].set_title("preprocessed segmentation (green pancreas, red lesion)", fontsize=9)
+    for ax in axes[1:]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig

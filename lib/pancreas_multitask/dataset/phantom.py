@@ -39,7 +39,7 @@ from ..runtime import progress
 
 MASK_QUIRK = 1.0000152587890625  # a value that occurs in the real float masks
 STAMP = "phantom.json"
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 # lesion appearance per subtype: (core HU, texture sigma HU, rim HU or None)
 SUBTYPE_LOOK: dict[int, tuple[float, float, float | None]] = {
     0: (45.0, 10.0, None),
@@ -217,12 +217,16 @@ def generate_case(case_id: str, split: str, subtype: int, config: PhantomConfig,
 
 def to_nifti(case: PhantomCase) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     """Store (z, y, x) arrays as NIfTI (x, y, z) in the case's orientation; masks as float32."""
-    image = case.image.transpose(2, 1, 0)
-    labels = case.labels.transpose(2, 1, 0)
-    sz, sy, sx = case.spacing
+    # the generation frame is LPS: +x towards patient left, +y posterior, +z superior;
+    # other orientations flip the stored axes so that the anatomy stays put in world space
     signs = {"LPS": (-1, -1, 1), "RAS": (1, 1, 1), "LAS": (-1, 1, 1)}[case.orientation]
+    flips = tuple(axis for axis, sign in enumerate(signs[:2]) if sign > 0)
+    image = np.flip(case.image.transpose(2, 1, 0), flips) if flips else case.image.transpose(2, 1, 0)
+    labels = np.flip(case.labels.transpose(2, 1, 0), flips) if flips else case.labels.transpose(2, 1, 0)
+    sz, sy, sx = case.spacing
     affine = np.diag([signs[0] * sx, signs[1] * sy, signs[2] * sz, 1.0])
     affine[:3, 3] = case.origin
+    image, labels = np.ascontiguousarray(image), np.ascontiguousarray(labels)
     mask = labels.astype(np.float32)
     if case.quirk:  # the real masks hold 1.0000152587890625 for some pancreas voxels
         mask[(labels == 1) & (np.indices(labels.shape).sum(0) % 3 == 0)] = MASK_QUIRK

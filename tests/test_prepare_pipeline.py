@@ -1,0 +1,65 @@
+"""00_setup -> 01_prepare through the runner with the smoke profile; reduced plans derivation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pancreas_multitask.experiment_planning.plans import CPU_PLANS, RESENC_M, ReducedPlan, derive_reduced_plans
+from pancreas_multitask.runner import run
+
+from conftest import SMOKE, fake_repo
+
+
+def _plans(spacing: list[float]) -> dict:
+    arch = {"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320], "kernel_sizes": [[3, 3, 3]] * 6, "strides": [[1, 1, 1]] + [[2, 2, 2]] * 5,
+            "n_blocks_per_stage": [1, 3, 4, 6, 6, 6], "n_conv_per_stage_decoder": [1] * 5}
+    config = {"spacing": spacing, "patch_size": [64, 128, 192], "batch_size": 2, "data_identifier": "nnUNetPlans_3d_fullres",
+              "architecture": {"network_class_name": "x.ResidualEncoderUNet", "arch_kwargs": arch}}
+    return {"plans_name": RESENC_M, "configurations": {"3d_fullres": config, "2d": {}}}
+
+
+def test_reduced_plans_keep_data_and_shrink_the_network() -> None:
+    plans = _plans([2.0, 0.73, 0.73])
+    reduced = derive_reduced_plans(plans, ReducedPlan(patch_size=(32, 48, 64)))
+    config = reduced["configurations"]["3d_fullres"]
+    arch = config["architecture"]["arch_kwargs"]
+    assert reduced["plans_name"] == CPU_PLANS and list(reduced["configurations"]) == ["3d_fullres"]
+    assert config["data_identifier"] == "nnUNetPlans_3d_fullres" and config["spacing"] == [2.0, 0.73, 0.73]
+    assert config["batch_size"] == 2 and max(arch["features_per_stage"]) == 64 and arch["features_per_stage"][0] == 8
+    n = arch["n_stages"]
+    assert len(arch["strides"]) == len(arch["kernel_sizes"]) == len(arch["n_blocks_per_stage"]) == n
+    assert len(arch["n_conv_per_stage_decoder"]) == n - 1
+    for axis, size in enumerate(config["patch_size"]):  # the patch is divisible by the total downsampling
+        total = 1
+        for stride in arch["strides"]:
+            total *= stride[axis]
+        assert size % total == 0
+    assert plans["configurations"]["3d_fullres"]["batch_size"] == 2 and plans["plans_name"] == RESENC_M  # input untouched
+
+
+@pytest.mark.notebook
+def test_setup_and_prepare_notebooks(tmp_path: Path) -> None:
+    repo = fake_repo(tmp_path, ("00_setup.ipynb", "01_prepare.ipynb"))
+    assert run(repo, "smoke") == 0
+    pre = repo / "work" / "nnUNet_preprocessed" / "Dataset501_PancreasQuiz"
+    phantom = SMOKE["phantom"]
+    n_labelled = sum(phantom["train"]) + sum(phantom["validation"])
+    for name in (f"{RESENC_M}.json", f"{CPU_PLANS}.json", "dataset_fingerprint.json", "dataset.json", "subtypes.csv"):
+        assert (pre / name).is_file(), name
+    assert len(list((pre / "nnUNetPlans_3d_fullres").glob("*_seg.b2nd"))) == n_labelled
+    (fold,) = json.loads((pre / "splits_final.json").read_text())
+    assert len(fold["train"]) == sum(phantom["train"]) and len(fold["val"]) == sum(phantom["validation"])
+    assert all(case.startswith("quiz_") and case.count("_") == 2 for case in fold["train"] + fold["val"])
+    summary = json.loads((repo / "work" / "prepare.json").read_text())
+    assert summary["plan"]["patch_size"] == SMOKE["cpu_plan"]["patch_size"] and summary["label_mode"] == "regions"
+    (run_dir,) = (repo / "reports" / "runs").iterdir()
+    page = (run_dir / "01_prepare.html").read_text()
+    assert "nnUNetResEncUNetMPlans_cpu" in page and "percentile_99_5" in page and "data:image/png;base64" in page
+
+    # a second run converts and preprocesses nothing
+    assert run(repo, "smoke", only="01") == 0
+    summary = json.loads((repo / "work" / "prepare.json").read_text())
+    assert summary["conversion"]["converted"] == 0 and summary["preprocessing_skipped"] is True
