@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from pancreas_multitask.dataset.phantom import PhantomConfig, ensure_phantom
-from pancreas_multitask.manifest import Manifest, load_manifest
+from pancreas_multitask.manifest import Manifest, ProfilePaths, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 # nnU-Net reads these when its modules are imported; tests that run nnU-Net set the folders themselves
 os.environ.setdefault("nnUNet_def_n_proc", "2")
-os.environ.setdefault("nnUNet_n_proc_DA", "2")
+os.environ.setdefault("nnUNet_n_proc_DA", "1")
 os.environ.setdefault("nnUNet_compile", "f")
 TINY = PhantomConfig(train=(2, 2, 2), validation=(1, 1, 1), test=2, shape=(16, 28, 32), spacing=(3.0, 2.0, 2.0), seed=7)
 
@@ -87,3 +87,17 @@ def fake_repo(tmp_path: Path, notebooks: tuple[str, ...] = ("00_setup.ipynb",), 
         nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(source)]
         nbformat.write(nb, str(repo / "notebooks" / name))
     return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_phantom: Path, manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> ProfilePaths:
+    """The tiny phantom converted, planned (reduced CPU plans) and preprocessed, with fold-0 splits."""
+    from pancreas_multitask.experiment_planning.plans import CPU_PLANS, ReducedPlan
+    from pancreas_multitask.experiment_planning.prepare import prepare
+    from pancreas_multitask.runtime import configure_nnunet
+
+    paths = ProfilePaths(raw=tiny_phantom / "quiz", work=tmp_path_factory.mktemp("tiny_work"), test_answers=tiny_phantom / "test_answers")
+    configure_nnunet(paths, "cpu")
+    os.environ["nnUNet_n_proc_DA"] = "1"  # configure_nnunet sizes it to the cores; one worker is enough here
+    prepare(manifest, paths, CPU_PLANS, reduced=ReducedPlan(patch_size=(16, 32, 32), max_features=32), num_processes=2)
+    return paths

@@ -36,6 +36,7 @@ def test_layout_and_dataset_json(converted, manifest) -> None:
     assert len(list((out / "imagesTs").iterdir())) == TINY.test
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["labels"] == {"background": 0, "whole_pancreas": [1, 2], "lesion": 2}
+    assert list(dataset["labels"]) == ["background", "whole_pancreas", "lesion"]  # region i -> regions_class_order[i]
     assert dataset["regions_class_order"] == [1, 2]
     assert dataset["numTraining"] == n_train and dataset["channel_names"] == {"0": "CT"}
 

@@ -89,5 +89,14 @@ def write_text(target: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json(target: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON atomically (sorted keys, indented)."""
-    write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Write JSON atomically, indented, keeping key order (nnU-Net reads label order from dataset.json)."""
+    write_text(target, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def update_text(target: str | os.PathLike[str], text: str) -> bool:
+    """Write ``text`` atomically unless the file already holds exactly it; True if it wrote."""
+    path = Path(target)
+    if path.is_file() and path.read_text() == text:
+        return False
+    write_text(path, text)
+    return True

@@ -104,3 +104,26 @@ def preprocessed_example(preprocessed_folder: str, case_id: str, raw_image: str,
         ax.set_axis_off()
     fig.tight_layout()
     return fig
+
+
+def training_curves(frame: pd.DataFrame) -> Figure:
+    """Per-epoch curves from the trainer's ``training_metrics.csv``: losses, pseudo-Dice, F1/accuracy, loss weights, lr."""
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 5, figsize=(24, 4.2))
+    panels = [
+        ("loss", {"train_losses": "total (train)", "train_seg_losses": "segmentation (train)", "train_cls_losses": "classification (train)", "val_losses": "segmentation (val)"}),
+        ("pseudo-Dice (val patches)", {c: c.removeprefix("pseudo_dice_") for c in frame.columns if c.startswith("pseudo_dice_")} | {"ema_fg_dice": "EMA mean"}),
+        ("case-level subtype (val cases)", {"val_macro_f1": "macro-F1", "val_accuracy": "accuracy", "val_criterion": "criterion"}),
+        ("loss weights", {"w_seg": "w_seg", "w_cls": "w_cls"}),
+        ("learning rate", {"lrs": "lr"}),
+    ]
+    for ax, (title, columns) in zip(axes, panels):
+        for column, label in columns.items():
+            ax.plot(frame["epoch"], frame[column], label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

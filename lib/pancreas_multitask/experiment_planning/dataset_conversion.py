@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..dataset.scan import Case
-from ..io import atomic_path, write_json
+from ..io import atomic_path, update_text, write_json
 from ..manifest import LabelMode, Manifest
 from ..runtime import progress
 from .subtype_table import SUBTYPE_TABLE, write_subtype_table
@@ -164,11 +164,10 @@ def convert_dataset(
             stale.unlink(missing_ok=True)
         report.removed.append(case_id)
 
-    dataset_json = _dataset_json(manifest, mode, len(train))
-    table = dataset_dir / SUBTYPE_TABLE
-    if report.did_work or not (dataset_dir / "dataset.json").exists() or not table.exists():
-        write_json(dataset_dir / "dataset.json", dataset_json)
-        write_subtype_table(table, [(c.case_id, int(c.subtype), c.split) for c in train if c.subtype is not None], manifest.subtypes)
+    update_text(dataset_dir / "dataset.json", json.dumps(_dataset_json(manifest, mode, len(train)), indent=2) + "\n")
+    rows = [(c.case_id, int(c.subtype), c.split) for c in train if c.subtype is not None]
+    write_subtype_table(dataset_dir / SUBTYPE_TABLE, rows, manifest.subtypes)
+    if report.did_work or not state_file.exists():
         write_json(state_file, {"settings": settings, "cases": current})
     return report
 

@@ -7,20 +7,20 @@ import io
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..io import write_text
+from ..io import update_text
 
 SUBTYPE_TABLE = "subtypes.csv"
 COLUMNS = ("case_id", "subtype", "subtype_name", "split")
 
 
-def write_subtype_table(path: Path, rows: Iterable[tuple[str, int, str]], subtypes: Sequence[str]) -> None:
-    """Write ``(case_id, subtype index, split)`` rows, sorted by case id."""
+def write_subtype_table(path: Path, rows: Iterable[tuple[str, int, str]], subtypes: Sequence[str]) -> bool:
+    """Write ``(case_id, subtype index, split)`` rows, sorted by case id, unless unchanged; True if it wrote."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
     for case_id, subtype, split in sorted(rows):
         writer.writerow((case_id, subtype, subtypes[subtype], split))
-    write_text(path, buffer.getvalue())
+    return update_text(path, buffer.getvalue())
 
 
 def read_subtype_table(path: Path, n_classes: int | None = None) -> dict[str, tuple[int, str]]:

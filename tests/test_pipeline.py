@@ -1,4 +1,4 @@
-"""00_setup -> 01_prepare through the runner with the smoke profile; reduced plans derivation."""
+"""The whole notebook pipeline through the runner with the smoke profile; reduced plans derivation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 from pancreas_multitask.experiment_planning.plans import CPU_PLANS, RESENC_M, ReducedPlan, derive_reduced_plans
 from pancreas_multitask.runner import run
 
-from conftest import SMOKE, fake_repo
+from pancreas_multitask.runner import discover_notebooks
+
+from conftest import REPO, SMOKE, fake_repo
 
 
 def _plans(spacing: list[float]) -> dict:
@@ -41,8 +43,8 @@ def test_reduced_plans_keep_data_and_shrink_the_network() -> None:
 
 
 @pytest.mark.notebook
-def test_setup_and_prepare_notebooks(tmp_path: Path) -> None:
-    repo = fake_repo(tmp_path, ("00_setup.ipynb", "01_prepare.ipynb"))
+def test_smoke_pipeline_of_all_notebooks(tmp_path: Path) -> None:
+    repo = fake_repo(tmp_path, tuple(p.name for p in discover_notebooks(REPO / "notebooks")))
     assert run(repo, "smoke") == 0
     pre = repo / "work" / "nnUNet_preprocessed" / "Dataset501_PancreasQuiz"
     phantom = SMOKE["phantom"]
@@ -59,7 +61,21 @@ def test_setup_and_prepare_notebooks(tmp_path: Path) -> None:
     page = (run_dir / "01_prepare.html").read_text()
     assert "nnUNetResEncUNetMPlans_cpu" in page and "percentile_99_5" in page and "data:image/png;base64" in page
 
+    _check_training(repo, run_dir)
+
     # a second run converts and preprocesses nothing
     assert run(repo, "smoke", only="01") == 0
     summary = json.loads((repo / "work" / "prepare.json").read_text())
     assert summary["conversion"]["converted"] == 0 and summary["preprocessing_skipped"] is True
+
+
+def _check_training(repo: Path, run_dir: Path) -> None:
+    summary = json.loads((repo / "work" / "train.json").read_text())
+    model = Path(summary["model_folder"])
+    assert model.name == "fold_0" and model.parent.name == "nnUNetTrainerMultitask__nnUNetResEncUNetMPlans_cpu__3d_fullres"
+    for name in ("checkpoint_best.pth", "checkpoint_final.pth", "training_metrics.csv", "multitask_settings.json", "validation/summary.json"):
+        assert (model / name).is_file(), name
+    assert summary["selected checkpoint"] == "checkpoint_best.pth" and summary["selected on"].startswith("fold 0 validation split")
+    assert 0.0 <= summary["full-volume Dice whole_pancreas (val, nnU-Net)"] <= 1.0
+    page = (run_dir / "02_train.html").read_text()
+    assert "case-level macro-F1 (val)" in page and "data:image/png;base64" in page

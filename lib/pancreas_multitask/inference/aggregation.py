@@ -1,0 +1,28 @@
+"""Case-level subtype from per-tile class logits, weighted by each tile's predicted foreground."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tile_foreground(segmentation_logits: torch.Tensor, has_regions: bool) -> torch.Tensor:
+    """Mean predicted foreground (pancreas + lesion) probability of each tile: (B, C, ...) -> (B,)."""
+    logits = segmentation_logits.float()
+    if has_regions:  # channel 0 is the whole-pancreas region
+        foreground = torch.sigmoid(logits[:, 0])
+    else:
+        foreground = 1.0 - torch.softmax(logits, dim=1)[:, 0]
+    return foreground.flatten(1).mean(dim=1)
+
+
+def aggregate_class_probabilities(tile_logits: torch.Tensor, tile_weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean of the tiles' softmax probabilities: (T, K) logits, (T,) weights -> (K,).
+
+    A tile with zero foreground gets zero weight. Only if no tile sees any foreground do all tiles
+    count equally.
+    """
+    probs = torch.softmax(tile_logits.float(), dim=1)
+    weights = tile_weights.float().clamp(min=0)
+    if float(weights.sum()) <= 0:
+        weights = torch.ones_like(weights)
+    return (probs * weights[:, None]).sum(dim=0) / weights.sum()

@@ -1,0 +1,1 @@
+"""Training: the multitask trainer (``trainers/``, the folder nnUNet_extTrainer points at) and its parts."""

@@ -1,0 +1,80 @@
+"""Hyper-parameters of the multitask trainer, stored beside its checkpoints as ``multitask_settings.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from ..io import write_json
+
+Pooling = Literal["avg", "foreground", "lesion"]
+SETTINGS_FILE = "multitask_settings.json"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The classification head on the encoder's deepest stage."""
+
+    num_classes: int = 3
+    pooling: Pooling = "avg"  # global average, or weighted by predicted foreground / lesion probability
+    hidden: int = 128
+    dropout: float = 0.3
+
+
+@dataclass(frozen=True)
+class LossSchedule:
+    """(w_seg, w_cls): ``start`` for ``phase1_epochs``, then a linear ramp over ``ramp_epochs`` to ``end``."""
+
+    start: tuple[float, float] = (0.9, 0.1)
+    end: tuple[float, float] = (0.5, 0.5)
+    phase1_epochs: int = 20
+    ramp_epochs: int = 50
+
+
+@dataclass(frozen=True)
+class MultitaskSettings:
+    """Everything the multitask trainer adds to, or changes in, nnU-Net's defaults."""
+
+    num_epochs: int = 500
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    initial_lr: float = 1e-4
+    head_lr_factor: float = 10.0  # the subtype head learns at initial_lr * head_lr_factor
+    weight_decay: float = 3e-5
+    patience: int = 100  # epochs without a better validation criterion before training stops
+    criterion_dice_weight: float = 0.5  # criterion = w * EMA pseudo-Dice + (1 - w) * case-level macro-F1
+    case_val_every: int = 1  # case-level classification of the validation cases every N epochs
+    case_val_step: float = 1.0  # sliding-window step for that case-level pass
+    class_weight_smoothing: float = 1.0
+    save_every: int = 50
+    seed: int = 12345
+    head: HeadConfig = field(default_factory=HeadConfig)
+    schedule: LossSchedule = field(default_factory=LossSchedule)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MultitaskSettings":
+        """Build from a plain mapping (profile parameters or the JSON file); unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown trainer setting(s) {sorted(unknown)}; allowed: {sorted(names)}")
+        values = dict(data)
+        if "head" in values and not isinstance(values["head"], HeadConfig):
+            values["head"] = HeadConfig(**values["head"])
+        if "schedule" in values and not isinstance(values["schedule"], LossSchedule):
+            sched = {k: tuple(v) if isinstance(v, list) else v for k, v in values["schedule"].items()}
+            values["schedule"] = LossSchedule(**sched)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, folder: Path) -> None:
+        write_json(Path(folder) / SETTINGS_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, folder: Path) -> "MultitaskSettings | None":
+        path = Path(folder) / SETTINGS_FILE
+        return cls.from_dict(json.loads(path.read_text())) if path.is_file() else None

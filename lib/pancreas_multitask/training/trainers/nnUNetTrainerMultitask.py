@@ -1,0 +1,276 @@
+"""nnU-Net v2 trainer for segmentation + lesion subtype classification (one shared encoder).
+
+Two ways to start it:
+
+* the project's (notebook 02, ``python -m pancreas_multitask.training.run``): the class itself is
+  instantiated, so no name lookup (and no torchvision import) is needed;
+* nnU-Net's: ``nnUNet_extTrainer=<this folder> nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerMultitask -p PLANS``.
+
+What it changes in nnU-Net's recipe (every number is a setting, see ``MultitaskSettings``):
+total loss = w_seg * nnU-Net's Dice+CE/BCE loss (deep supervision unchanged) + w_cls * class-weighted
+cross-entropy on the subtype; AdamW with polynomial decay; case-level macro-F1 on the validation
+cases; checkpoint_best and early stopping on w * EMA pseudo-Dice + (1 - w) * macro-F1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from time import time
+
+import numpy as np
+import pandas as pd
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from sklearn.metrics import accuracy_score, f1_score
+from torch import autocast, nn
+
+from pancreas_multitask.experiment_planning.subtype_table import SUBTYPE_TABLE, read_subtype_table
+from pancreas_multitask.io import write_text
+from pancreas_multitask.runtime import is_headless
+from pancreas_multitask.training.case_validation import classify_case
+from pancreas_multitask.training.network import MultitaskNetwork, build_multitask_network
+from pancreas_multitask.training.run import METRICS_FILE
+from pancreas_multitask.training.schedule import best_epoch, class_weights, criterion, loss_weights, should_stop
+from pancreas_multitask.training.settings import MultitaskSettings
+
+EXTRA_KEYS = ("train_seg_losses", "train_cls_losses", "w_seg", "w_cls", "val_macro_f1", "val_accuracy", "val_criterion")
+
+
+class HeadAwarePolyLR(PolyLRScheduler):
+    """nnU-Net's polynomial decay, applied to both parameter groups (the head's scaled by its factor)."""
+
+    def __init__(self, optimizer, initial_lr: float, max_steps: int, head_factor: float):
+        self.head_factor = head_factor  # before super().__init__, which already steps once
+        super().__init__(optimizer, initial_lr, max_steps)
+
+    def step(self, current_step=None):
+        super().step(current_step)
+        self.optimizer.param_groups[1]["lr"] = self.optimizer.param_groups[0]["lr"] * self.head_factor
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+class nnUNetTrainerMultitask(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # a resumed run (also through nnUNetv2_train --c) picks up the settings it was started with
+        self.configure(MultitaskSettings.load(Path(self.output_folder)) or MultitaskSettings())
+        self.logger.local_logger.my_fantastic_logging.update({key: [] for key in EXTRA_KEYS})
+        self.subtypes = read_subtype_table(Path(self.preprocessed_dataset_folder_base) / SUBTYPE_TABLE)
+        self.cls_loss: nn.Module | None = None
+        self.stop_reason: str | None = None
+        self._case_keys: tuple[list[str], list[str]] = ([], [])
+        self._epoch_losses: tuple[float, float] = (1.0, 0.0)
+
+    # ---- settings -------------------------------------------------------------------------------
+    def configure(self, settings: MultitaskSettings) -> None:
+        """Apply settings; must be called before ``initialize`` (the head shape depends on them)."""
+        if self.was_initialized:
+            raise RuntimeError("configure() must come before the trainer is initialized")
+        self.settings = settings
+        self.num_epochs = settings.num_epochs
+        self.num_iterations_per_epoch = settings.iterations_per_epoch
+        self.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
+        self.initial_lr = settings.initial_lr
+        self.weight_decay = settings.weight_decay
+        self.save_every = settings.save_every
+
+    def _do_i_compile(self) -> bool:
+        # torch.compile only when asked for explicitly: the head's side output is untested under compile
+        return os.environ.get("nnUNet_compile", "f").lower() in ("true", "1", "t") and super()._do_i_compile()
+
+    def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True) -> None:
+        # headless runs print one line per epoch (see on_epoch_end); the log file keeps everything
+        super().print_to_log_file(*args, also_print_to_console=also_print_to_console and not is_headless(), add_timestamp=add_timestamp)
+
+    # ---- network and optimisation ---------------------------------------------------------------
+    def build_network_architecture(self, plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision: bool = True) -> nn.Module:
+        return build_multitask_network(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision,
+            self.settings.head, self.label_manager.has_regions,
+        )
+
+    def configure_optimizers(self):
+        head = self.multitask_network().head
+        head_ids = {id(p) for p in head.parameters()}
+        groups = [
+            {"params": [p for p in self.network.parameters() if id(p) not in head_ids], "lr": self.initial_lr},
+            {"params": list(head.parameters()), "lr": self.initial_lr * self.settings.head_lr_factor},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, HeadAwarePolyLR(optimizer, self.initial_lr, self.num_epochs, self.settings.head_lr_factor)
+
+    def multitask_network(self) -> MultitaskNetwork:
+        """The network without DDP / torch.compile wrappers."""
+        module = self.network.module if self.is_ddp else self.network
+        return getattr(module, "_orig_mod", module)
+
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        self._case_keys = (list(dataset_tr.identifiers), list(dataset_val.identifiers))
+        return dataset_tr, dataset_val
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.settings.save(Path(self.output_folder))
+        train_keys = self._case_keys[0]
+        counts = np.bincount([self._subtype(k) for k in train_keys], minlength=self.settings.head.num_classes)
+        weights = class_weights(counts, self.settings.class_weight_smoothing)
+        self.cls_loss = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device))
+        self.print_to_log_file(f"subtype counts in the training split: {counts.tolist()}; class weights: {np.round(weights, 4).tolist()}")
+
+    def _subtype(self, case_id: str) -> int:
+        if case_id not in self.subtypes:
+            raise KeyError(f"case {case_id} has no subtype in {SUBTYPE_TABLE}; re-run the prepare stage")
+        return self.subtypes[case_id][0]
+
+    def current_loss_weights(self) -> tuple[float, float]:
+        return loss_weights(self.current_epoch, self.settings.schedule)
+
+    # ---- training ---------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        w_seg, w_cls = self.current_loss_weights()
+        self.logger.log("w_seg", w_seg, self.current_epoch)
+        self.logger.log("w_cls", w_cls, self.current_epoch)
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else target.to(self.device, non_blocking=True)
+        labels = torch.tensor([self._subtype(k) for k in batch["keys"]], dtype=torch.long, device=self.device)
+        w_seg, w_cls = self.current_loss_weights()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+            seg_loss = self.loss(output, target)
+            cls_loss = self.cls_loss(self.multitask_network().last_class_logits.float(), labels)
+            loss = w_seg * seg_loss + w_cls * cls_loss
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy(), "seg_loss": seg_loss.detach().cpu().numpy(), "cls_loss": cls_loss.detach().cpu().numpy()}
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        self.logger.log("train_seg_losses", float(np.mean([o["seg_loss"] for o in train_outputs])), self.current_epoch)
+        self.logger.log("train_cls_losses", float(np.mean([o["cls_loss"] for o in train_outputs])), self.current_epoch)
+
+    # ---- validation -------------------------------------------------------------------------------
+    def case_level_validation(self) -> tuple[float, float]:
+        """Macro-F1 and accuracy of the subtype over whole validation cases (all tiles, foreground-weighted)."""
+        network = self.multitask_network()
+        was_training = network.training
+        network.eval()
+        val_keys = self._case_keys[1]
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
+        truth, predicted = [], []
+        for key in val_keys:
+            data, _, _, _ = dataset.load_case(key)
+            probs = classify_case(network, data[:], self.configuration_manager.patch_size, self.settings.case_val_step, self.device)
+            truth.append(self._subtype(key))
+            predicted.append(int(np.argmax(probs)))
+        network.train(was_training)
+        labels = list(range(self.settings.head.num_classes))
+        return float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)), float(accuracy_score(truth, predicted))
+
+    def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
+        super().on_validation_epoch_end(val_outputs)
+        epoch = self.current_epoch
+        if epoch % self.settings.case_val_every == 0 or epoch == self.num_epochs - 1:
+            f1, accuracy = self.case_level_validation()
+        else:  # carried forward between case-level passes
+            f1, accuracy = self.logger.get_value("val_macro_f1", epoch - 1), self.logger.get_value("val_accuracy", epoch - 1)
+        self.logger.log("val_macro_f1", f1, epoch)
+        self.logger.log("val_accuracy", accuracy, epoch)
+        ema = self.logger.get_value("ema_fg_dice", epoch)
+        self.logger.log("val_criterion", criterion(ema, f1, self.settings.criterion_dice_weight), epoch)
+
+    # ---- epoch bookkeeping, checkpoints, early stopping ---------------------------------------------
+    def early_stop_reason(self) -> str | None:
+        """Why training should stop now (patience exhausted), or None."""
+        history = self.logger.get_value("val_criterion", step=None)
+        if not should_stop(history, self.settings.patience):
+            return None
+        best = best_epoch(history)
+        return (f"early stopping at epoch {len(history) - 1}: the validation criterion has not improved for "
+                f"{len(history) - 1 - best} epochs (patience {self.settings.patience}); best {history[best]:.4f} at epoch {best}")
+
+    def on_epoch_end(self) -> None:
+        epoch = self.current_epoch
+        log = self.logger
+        log.log("epoch_end_timestamps", time(), epoch)
+        seconds = log.get_value("epoch_end_timestamps", epoch) - log.get_value("epoch_start_timestamps", epoch)
+        dice = [round(float(d), 4) for d in log.get_value("dice_per_class_or_region", epoch)]
+        history = log.get_value("val_criterion", step=None)
+        improved = best_epoch(history) == epoch
+        print(
+            f"epoch {epoch:4d}/{self.num_epochs} | loss {log.get_value('train_losses', epoch):.4f} "
+            f"(seg {log.get_value('train_seg_losses', epoch):.4f}, cls {log.get_value('train_cls_losses', epoch):.4f}) "
+            f"| w {log.get_value('w_seg', epoch):.2f}/{log.get_value('w_cls', epoch):.2f} | pseudo-Dice {dice} "
+            f"| F1 {log.get_value('val_macro_f1', epoch):.3f} acc {log.get_value('val_accuracy', epoch):.3f} "
+            f"| criterion {history[-1]:.4f}{' *best*' if improved else ''} | {seconds:.1f}s",
+            flush=True,
+        )
+        self.print_to_log_file(f"epoch {epoch}: pseudo dice {dice}, macro-F1 {log.get_value('val_macro_f1', epoch):.4f}, criterion {history[-1]:.4f}")
+        if (epoch + 1) % self.save_every == 0 and epoch != self.num_epochs - 1:
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+        if improved:
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_best.pth"))
+        if self.local_rank == 0:
+            log.plot_progress_png(self.output_folder)
+            self.write_metrics()
+        self.current_epoch += 1
+        self.stop_reason = self.early_stop_reason()
+
+    def metrics_frame(self) -> pd.DataFrame:
+        """One row per finished epoch: losses, loss weights, lr, pseudo-Dice per region, F1, criterion."""
+        log = self.logger.local_logger.my_fantastic_logging
+        n = len(log["epoch_end_timestamps"])
+        frame = pd.DataFrame({"epoch": range(n)})
+        for key in ("train_losses", "train_seg_losses", "train_cls_losses", "val_losses", "w_seg", "w_cls", "lrs", "mean_fg_dice", "ema_fg_dice", "val_macro_f1", "val_accuracy", "val_criterion"):
+            frame[key] = log[key][:n]
+        names = [k for k in self.dataset_json["labels"] if k != "background"]  # nnU-Net's region/label order
+        for i, name in enumerate(names):
+            frame[f"pseudo_dice_{name}"] = [d[i] for d in log["dice_per_class_or_region"][:n]]
+        frame["epoch_seconds"] = np.array(log["epoch_end_timestamps"][:n]) - np.array(log["epoch_start_timestamps"][:n])
+        return frame
+
+    def write_metrics(self) -> None:
+        write_text(Path(self.output_folder) / METRICS_FILE, self.metrics_frame().to_csv(index=False))
+
+    def run_training(self) -> None:
+        self.on_train_start()
+        self.stop_reason = self.early_stop_reason()  # a resumed run may already be done
+        while self.current_epoch < self.num_epochs and self.stop_reason is None:
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            train_outputs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+            self.on_train_epoch_end(train_outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val_outputs = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
+                self.on_validation_epoch_end(val_outputs)
+            self.on_epoch_end()
+        reason = self.stop_reason or f"reached the maximum of {self.num_epochs} epochs"
+        self.print_to_log_file(f"training stopped: {reason}")
+        print(f"training stopped: {reason}", flush=True)
+        self.on_train_end()
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        best = Path(self.output_folder) / "checkpoint_best.pth"
+        if best.is_file():  # final validation and export use the selected (best) weights
+            weights = torch.load(best, map_location=self.device, weights_only=False)["network_weights"]
+            self.multitask_network().load_state_dict(weights)
+            self.print_to_log_file(f"restored the weights of {best.name} (selected on the validation split)")

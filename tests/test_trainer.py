@@ -1,0 +1,86 @@
+"""The multitask trainer on the tiny preprocessed phantom: early stopping, checkpoint selection, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pancreas_multitask.experiment_planning.plans import CPU_PLANS
+from pancreas_multitask.training.run import METRICS_FILE, build_trainer, train
+from pancreas_multitask.training.schedule import loss_weights
+from pancreas_multitask.training.settings import LossSchedule, MultitaskSettings
+
+TINY_RUN = dict(iterations_per_epoch=1, val_iterations_per_epoch=1, initial_lr=1e-3, case_val_every=1)
+
+
+@pytest.fixture()
+def results(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))  # each test trains into its own results folder
+    return tmp_path
+
+
+def _trainer(paths, manifest, settings: MultitaskSettings):
+    trainer = build_trainer(paths.nnunet_preprocessed / manifest.dataset_name, CPU_PLANS, 0, "cpu")
+    trainer.configure(settings)
+    return trainer
+
+
+def test_early_stopping_stops_at_patience_and_restores_the_best(tiny_prepared, manifest, results, monkeypatch) -> None:
+    settings = MultitaskSettings(num_epochs=30, patience=3, criterion_dice_weight=0.0, **TINY_RUN)
+    trainer = _trainer(tiny_prepared, manifest, settings)
+    scripted = iter([0.2, 0.5, 0.9, 0.6, 0.6, 0.6, 0.95, 0.95, 0.95])  # best at epoch 2
+    monkeypatch.setattr(trainer, "case_level_validation", lambda: (next(scripted), 0.5))
+    trainer.run_training()
+
+    out = Path(trainer.output_folder)
+    frame = pd.read_csv(out / METRICS_FILE)
+    assert frame["epoch"].tolist() == [0, 1, 2, 3, 4, 5]  # stopped after 3 epochs without improvement
+    assert frame["val_criterion"].tolist() == pytest.approx([0.2, 0.5, 0.9, 0.6, 0.6, 0.6])
+    assert "patience 3" in trainer.stop_reason and "best 0.9000 at epoch 2" in trainer.stop_reason
+    best = torch.load(out / "checkpoint_best.pth", weights_only=False)
+    final = torch.load(out / "checkpoint_final.pth", weights_only=False)
+    assert best["current_epoch"] == 3  # nnU-Net stores epoch + 1
+    restored = trainer.multitask_network().state_dict()
+    assert all(torch.equal(best["network_weights"][k], restored[k]) for k in restored)
+    assert any(not torch.equal(final["network_weights"][k], restored[k]) for k in restored)  # restoring changed the weights
+    assert "restored the weights of checkpoint_best.pth" in Path(trainer.log_file).read_text()
+
+
+def test_resume_continues_epochs_and_schedule(tiny_prepared, manifest, results) -> None:
+    schedule = LossSchedule(phase1_epochs=1, ramp_epochs=2)
+    settings = MultitaskSettings(num_epochs=4, save_every=1, schedule=schedule, **TINY_RUN)
+    trainer = _trainer(tiny_prepared, manifest, settings)
+    original = trainer.on_epoch_end
+
+    def crash_after_two_epochs() -> None:
+        original()
+        if trainer.current_epoch == 2:
+            raise RuntimeError("simulated crash")
+
+    trainer.on_epoch_end = crash_after_two_epochs
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.run_training()
+    for loader in (trainer.dataloader_train, trainer.dataloader_val):
+        loader._finish()  # what the crash left running
+    out = Path(trainer.output_folder)
+    assert (out / "checkpoint_latest.pth").is_file() and not (out / "checkpoint_final.pth").exists()
+
+    result = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu", resume=True, final_validation=False)
+    frame = pd.read_csv(result.metrics_file)
+    assert frame["epoch"].tolist() == [0, 1, 2, 3]  # continued at epoch 2, nothing repeated
+    assert frame["w_seg"].tolist() == pytest.approx([loss_weights(e, schedule)[0] for e in range(4)])
+    assert frame["w_seg"].tolist() == pytest.approx([0.9, 0.9, 0.7, 0.5])
+    assert frame["lrs"].iloc[3] == pytest.approx(1e-3 * (1 - 3 / 4) ** 0.9)  # polynomial decay resumed
+    assert torch.load(result.output_folder / "checkpoint_final.pth", weights_only=False)["current_epoch"] == 4
+
+
+def test_subtypes_come_only_from_the_table(tiny_prepared, manifest, results) -> None:
+    trainer = _trainer(tiny_prepared, manifest, MultitaskSettings(num_epochs=1, **TINY_RUN))
+    with pytest.raises(KeyError, match="quiz_9_999 has no subtype in subtypes.csv"):
+        trainer._subtype("quiz_9_999")
+    some_case, (subtype, split) = next(iter(trainer.subtypes.items()))
+    assert trainer._subtype(some_case) == subtype and split in ("train", "validation")

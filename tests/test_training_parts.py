@@ -1,0 +1,141 @@
+"""Pure parts of the training recipe and the multitask network (no dataset needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pancreas_multitask.inference.aggregation import aggregate_class_probabilities, tile_foreground
+from pancreas_multitask.training.network import ClassificationHead, build_multitask_network
+from pancreas_multitask.training.schedule import best_epoch, class_weights, criterion, loss_weights, should_stop
+from pancreas_multitask.training.settings import HeadConfig, LossSchedule, MultitaskSettings
+
+
+def test_loss_weight_schedule() -> None:
+    s = LossSchedule(start=(0.9, 0.1), end=(0.5, 0.5), phase1_epochs=20, ramp_epochs=40)
+    assert loss_weights(0, s) == (0.9, 0.1)
+    assert loss_weights(19, s) == (0.9, 0.1)
+    assert loss_weights(20, s) == pytest.approx((0.9, 0.1))  # the ramp starts here
+    assert loss_weights(40, s) == pytest.approx((0.7, 0.3))  # mid-ramp
+    assert loss_weights(60, s) == pytest.approx((0.5, 0.5))
+    assert loss_weights(499, s) == pytest.approx((0.5, 0.5))
+    assert loss_weights(25, LossSchedule(phase1_epochs=20, ramp_epochs=0)) == pytest.approx((0.5, 0.5))
+
+
+def test_class_weights_from_counts() -> None:
+    w = class_weights([62, 106, 84])
+    assert w.mean() == pytest.approx(1.0)
+    assert w[0] > w[2] > w[1]  # rarer class, larger weight
+    missing = class_weights([10, 0, 5])
+    assert np.isfinite(missing).all() and missing.argmax() == 1
+    with pytest.raises(ValueError, match="smoothing"):
+        class_weights([1, 2, 3], smoothing=0)
+
+
+def test_early_stopping_bookkeeping() -> None:
+    history = [0.1, 0.5, 0.4, 0.45, 0.5, 0.3]
+    assert best_epoch(history) == 1  # the first maximum
+    assert not should_stop(history[:4], patience=3)
+    assert should_stop(history[:5], patience=3)
+    assert not should_stop([], patience=1) and best_epoch([np.nan]) == -1
+    assert criterion(0.8, 0.6, 0.5) == pytest.approx(0.7)
+
+
+def test_settings_round_trip(tmp_path) -> None:
+    s = MultitaskSettings.from_dict({"num_epochs": 7, "head": {"pooling": "lesion"}, "schedule": {"start": [0.8, 0.2]}})
+    assert s.head.pooling == "lesion" and s.schedule.start == (0.8, 0.2)
+    s.save(tmp_path)
+    assert MultitaskSettings.load(tmp_path) == s
+    with pytest.raises(ValueError, match="unknown trainer setting"):
+        MultitaskSettings.from_dict({"epochs": 3})
+
+
+def _configuration(features: list[int], strides: list[list[int]], blocks: list[int]):
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    n = len(features)
+    return ConfigurationManager({
+        "patch_size": [64, 128, 192], "batch_size": 2, "spacing": [2.0, 0.73, 0.73], "data_identifier": "x", "preprocessor_name": "DefaultPreprocessor",
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+            "arch_kwargs": {"n_stages": n, "features_per_stage": features, "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * n,
+                            "strides": strides, "n_blocks_per_stage": blocks, "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+                            "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+        },
+    })
+
+
+REDUCED = _configuration([8, 16, 32, 64], [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]], [1, 3, 4, 6])
+# the ResEncM topology nnU-Net plans for the quiz data (patch 64x128x192 at 2.0x0.73x0.73 mm)
+RESENC_M = _configuration([32, 64, 128, 256, 320, 320], [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]], [1, 3, 4, 6, 6, 6])
+
+
+@pytest.mark.parametrize(("config", "shape"), [(REDUCED, (2, 1, 16, 32, 32)), (RESENC_M, (1, 1, 32, 64, 64))], ids=["reduced", "resenc_m"])
+def test_head_output_shapes(config, shape) -> None:
+    torch.manual_seed(0)
+    net = build_multitask_network(None, config, 1, 2, True, HeadConfig(num_classes=3), has_regions=True)
+    with torch.no_grad():
+        out = net(torch.randn(shape))
+    assert isinstance(out, list) and out[0].shape == (shape[0], 2, *shape[2:])  # deep supervision kept
+    assert net.last_class_logits.shape == (shape[0], 3)
+    assert net.head.mlp[1].in_features == config.network_arch_init_kwargs["features_per_stage"][-1]
+
+
+def test_one_encoder_pass_and_unchanged_segmentation() -> None:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    torch.manual_seed(0)
+    net = build_multitask_network(None, REDUCED, 1, 2, False, HeadConfig(pooling="foreground"), has_regions=True).eval()
+    calls = []
+    net.encoder.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.randn(2, 1, 16, 32, 32)
+    with torch.no_grad():
+        seg = net(x)
+    assert len(calls) == 1
+    plain = nnUNetTrainer.build_network_architecture(None, REDUCED, 1, 2, False).eval()
+    missing, unexpected = plain.load_state_dict({k: v for k, v in net.state_dict().items()}, strict=False)
+    assert not missing and all(k.startswith("head.") for k in unexpected)  # same keys as nnU-Net's network
+    with torch.no_grad():
+        torch.testing.assert_close(seg, plain(x))  # the segmentation is exactly nnU-Net's
+
+
+def test_weighted_pooling_follows_the_weights() -> None:
+    head = ClassificationHead(2, HeadConfig(pooling="lesion", hidden=4))
+    features = torch.zeros(1, 2, 4, 4, 4)
+    features[0, 0, :2] = 10.0  # channel 0 lives in the upper half
+    features[0, 1, 2:] = 10.0  # channel 1 in the lower half
+    weights = torch.zeros(1, 1, 8, 8, 8)
+    weights[0, 0, 4:] = 1.0  # the "lesion" is in the lower half
+    captured = {}
+    head.mlp[0].register_forward_hook(lambda m, inp, out: captured.update(pooled=inp[0].clone()))
+    head(features, weights)
+    pooled = captured["pooled"][0]
+    assert pooled[1] > 9.9 and pooled[0] < 0.1
+
+
+def test_tile_without_foreground_has_no_weight() -> None:
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    seg = torch.full((2, 2, 4, 4, 4), -20.0)  # both regions ~0 everywhere
+    seg[1, 0] = 20.0  # tile 1 is all foreground
+    weights = tile_foreground(seg, has_regions=True)
+    assert weights[0] == pytest.approx(0.0, abs=1e-6) and weights[1] == pytest.approx(1.0)
+    probs = aggregate_class_probabilities(logits, weights)
+    assert probs.argmax() == 2 and probs.sum() == pytest.approx(1.0)
+    uniform = aggregate_class_probabilities(logits, torch.zeros(2))  # no foreground anywhere: tiles count equally
+    assert uniform[0] == pytest.approx(uniform[2])
+
+
+def test_head_learns_at_a_scaled_rate_with_the_same_decay() -> None:
+    from pancreas_multitask.training.trainers.nnUNetTrainerMultitask import HeadAwarePolyLR
+
+    backbone, head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 3)
+    optimizer = torch.optim.AdamW([{"params": backbone.parameters()}, {"params": head.parameters()}], lr=1e-3)
+    scheduler = HeadAwarePolyLR(optimizer, 1e-3, 10, head_factor=5.0)
+    for epoch in (0, 4, 9):
+        scheduler.step(epoch)
+        base = 1e-3 * (1 - epoch / 10) ** 0.9
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(base)
+        assert optimizer.param_groups[1]["lr"] == pytest.approx(5 * base)
