@@ -139,3 +139,25 @@ def test_head_learns_at_a_scaled_rate_with_the_same_decay() -> None:
         base = 1e-3 * (1 - epoch / 10) ** 0.9
         assert optimizer.param_groups[0]["lr"] == pytest.approx(base)
         assert optimizer.param_groups[1]["lr"] == pytest.approx(5 * base)
+
+
+def test_training_pools_over_the_ground_truth_lesion() -> None:
+    torch.manual_seed(0)
+    net = build_multitask_network(None, REDUCED, 1, 2, True, HeadConfig(pooling="lesion"), has_regions=True)
+    x = torch.randn(1, 1, 16, 32, 32)
+    target = torch.zeros(1, 2, 16, 32, 32)  # region channels: whole pancreas, lesion
+    target[0, 1, :8] = 1.0
+    guide = net.guide_from_target(target)
+    assert torch.equal(guide, target[:, 1:2])
+    captured = {}
+    net.head.mlp[0].register_forward_hook(lambda m, inp, out: captured.update(pooled=inp[0].clone()))
+    with torch.no_grad():
+        net.eval()
+        skips = net.encoder(x)
+        net(x, guide)
+    w = torch.nn.functional.interpolate(guide, size=skips[-1].shape[2:], mode="area") + net.head.WEIGHT_FLOOR
+    expected = (skips[-1] * w).sum(dim=(2, 3, 4)) / w.sum(dim=(2, 3, 4))
+    torch.testing.assert_close(captured["pooled"], expected)
+    plain = build_multitask_network(None, REDUCED, 1, 3, True, HeadConfig(pooling="foreground"), has_regions=False)
+    labels = torch.tensor([0, 1, 2, 2]).view(1, 1, 4, 1, 1)
+    assert plain.guide_from_target(labels).flatten().tolist() == [False, True, True, True]

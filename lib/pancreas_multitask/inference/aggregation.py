@@ -6,13 +6,13 @@ import torch
 
 
 def tile_foreground(segmentation_logits: torch.Tensor, has_regions: bool) -> torch.Tensor:
-    """Mean predicted foreground (pancreas + lesion) probability of each tile: (B, C, ...) -> (B,)."""
+    """Fraction of each tile predicted foreground (pancreas + lesion probability > 0.5): (B, C, ...) -> (B,)."""
     logits = segmentation_logits.float()
     if has_regions:  # channel 0 is the whole-pancreas region
         foreground = torch.sigmoid(logits[:, 0])
     else:
         foreground = 1.0 - torch.softmax(logits, dim=1)[:, 0]
-    return foreground.flatten(1).mean(dim=1)
+    return (foreground > 0.5).float().flatten(1).mean(dim=1)
 
 
 def aggregate_class_probabilities(tile_logits: torch.Tensor, tile_weights: torch.Tensor) -> torch.Tensor:

@@ -20,10 +20,10 @@ class ClassificationHead(nn.Module):
     class-relevant directions are small next to their overall scale, and without it the head learns
     an order of magnitude more slowly.
 
-    ``pooling='avg'`` is global average pooling. ``'foreground'`` / ``'lesion'`` weight the average by
-    the predicted foreground (pancreas + lesion) or lesion probability, resampled to the bottleneck
-    grid and detached (the weights steer the head, not the segmentation). A small floor keeps the
-    pooling defined, and close to the plain average, where nothing is predicted.
+    ``pooling='avg'`` is global average pooling. ``'foreground'`` / ``'lesion'`` average over the
+    predicted foreground (pancreas + lesion) or lesion mask, resampled to the bottleneck grid and
+    detached (the weights steer the head, not the segmentation). A small floor keeps the pooling
+    defined, and equal to the plain average, where nothing is predicted.
     """
 
     WEIGHT_FLOOR = 1e-3
@@ -60,22 +60,45 @@ class MultitaskNetwork(nn.Module):
         self.has_regions = has_regions
         self.last_class_logits: torch.Tensor | None = None
 
+    def guide_from_target(self, target: torch.Tensor) -> torch.Tensor | None:
+        """The ground-truth counterpart of ``pooling_weights`` from nnU-Net's (highest-resolution) target."""
+        pooling = self.head.config.pooling
+        if pooling == "avg":
+            return None
+        if self.has_regions:  # binary region channels, like the logits
+            return target[:, :1] if pooling == "foreground" else target[:, 1:2]
+        return (target > 0) if pooling == "foreground" else (target == 2)
+
     def pooling_weights(self, segmentation: torch.Tensor) -> torch.Tensor | None:
-        """(B, 1, ...) probability map for weighted pooling, from the full-resolution segmentation logits."""
+        """(B, 1, ...) predicted mask (probability > 0.5) for weighted pooling, from the segmentation logits.
+
+        The hard mask matches the ground-truth masks the head is trained with; a soft map is useless
+        early in training, when the background still holds sigmoid outputs of about 0.3.
+        """
         pooling = self.head.config.pooling
         if pooling == "avg":
             return None
         logits = segmentation.detach().float()
         if self.has_regions:  # channel 0: whole pancreas region, channel 1: lesion region
-            return torch.sigmoid(logits[:, :1] if pooling == "foreground" else logits[:, 1:2])
-        probs = torch.softmax(logits, dim=1)
-        return 1.0 - probs[:, :1] if pooling == "foreground" else probs[:, 2:3]
+            probability = torch.sigmoid(logits[:, :1] if pooling == "foreground" else logits[:, 1:2])
+        else:
+            probs = torch.softmax(logits, dim=1)
+            probability = 1.0 - probs[:, :1] if pooling == "foreground" else probs[:, 2:3]
+        return (probability > 0.5).float()
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None):
+        """Segmentation as nnU-Net returns it; ``guide`` (B, 1, ...) replaces the predicted pooling weights.
+
+        Training passes the ground-truth mask as ``guide`` so that the head learns from the lesion
+        from the first epoch on, before the segmentation is any good; inference pools with the prediction.
+        """
         skips = self.encoder(x)
         segmentation = self.decoder(skips)
         full_resolution = segmentation[0] if isinstance(segmentation, (list, tuple)) else segmentation
-        self.last_class_logits = self.head(skips[-1], self.pooling_weights(full_resolution))
+        weights = self.pooling_weights(full_resolution)
+        if weights is not None and guide is not None:
+            weights = guide.float()
+        self.last_class_logits = self.head(skips[-1], weights)
         return segmentation
 
 

@@ -42,6 +42,7 @@ class MultitaskSettings:
     val_iterations_per_epoch: int = 50
     initial_lr: float = 1e-4
     head_lr_factor: float = 10.0  # the subtype head learns at initial_lr * head_lr_factor
+    guided_pooling: bool = True  # weighted pooling uses the ground-truth mask during training
     weight_decay: float = 3e-5
     patience: int = 100  # epochs without a better validation criterion before training stops
     criterion_dice_weight: float = 0.5  # criterion = w * EMA pseudo-Dice + (1 - w) * case-level macro-F1
@@ -49,6 +50,7 @@ class MultitaskSettings:
     case_val_step: float = 1.0  # sliding-window step for that case-level pass
     class_weight_smoothing: float = 1.0
     save_every: int = 50
+    final_validation_mirroring: bool = True  # nnU-Net's mirroring TTA in the final validation (8x the cost)
     seed: int = 12345
     head: HeadConfig = field(default_factory=HeadConfig)
     schedule: LossSchedule = field(default_factory=LossSchedule)

@@ -143,11 +143,14 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         labels = torch.tensor([self._subtype(k) for k in batch["keys"]], dtype=torch.long, device=self.device)
         w_seg, w_cls = self.current_loss_weights()
 
+        network = self.multitask_network()
+        highest = target[0] if isinstance(target, list) else target
+        guide = network.guide_from_target(highest) if self.settings.guided_pooling else None
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output = self.network(data)
+            output = self.network(data, guide)
             seg_loss = self.loss(output, target)
-            cls_loss = self.cls_loss(self.multitask_network().last_class_logits.float(), labels)
+            cls_loss = self.cls_loss(network.last_class_logits.float(), labels)
             loss = w_seg * seg_loss + w_cls * cls_loss
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -266,6 +269,16 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         self.print_to_log_file(f"training stopped: {reason}")
         print(f"training stopped: {reason}", flush=True)
         self.on_train_end()
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """nnU-Net's full-volume validation; without mirroring TTA when the settings say so (CPU demo)."""
+        axes = self.inference_allowed_mirroring_axes
+        if not self.settings.final_validation_mirroring:
+            self.inference_allowed_mirroring_axes = None  # the predictor then runs no mirrored passes
+        try:
+            super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = axes  # checkpoints keep the axes for inference
 
     def on_train_end(self) -> None:
         super().on_train_end()
