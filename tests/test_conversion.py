@@ -133,3 +133,23 @@ def test_real_case_converts_with_hu_and_geometry(real_case_dir: Path, manifest, 
     np.testing.assert_allclose(props["spacing"], (3.0, 0.877, 0.877), atol=1e-3)
     assert seg_props["sitk_stuff"] == props["sitk_stuff"]
     assert set(np.unique(seg)) == {0, 1, 2} and seg.shape == data.shape
+
+
+def test_outputs_are_written_atomically_with_normal_permissions(tmp_path: Path) -> None:
+    from pancreas_multitask.io import atomic_path, write_text
+
+    write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "b.nii.gz") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no half-file, no temp file
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -84,3 +84,17 @@ def test_subtypes_come_only_from_the_table(tiny_prepared, manifest, results) -> 
         trainer._subtype("quiz_9_999")
     some_case, (subtype, split) = next(iter(trainer.subtypes.items()))
     assert trainer._subtype(some_case) == subtype and split in ("train", "validation")
+
+
+def test_a_finished_fold_is_not_trained_again(tiny_prepared, manifest, results) -> None:
+    from pancreas_multitask.training.run import TRAINER_NAME
+    from pancreas_multitask.training.trainers.nnUNetTrainerMultitask import nnUNetTrainerMultitask
+
+    assert TRAINER_NAME == nnUNetTrainerMultitask.__name__
+    settings = MultitaskSettings(num_epochs=1, **TINY_RUN)
+    first = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu", final_validation=False)
+    stamp = (first.output_folder / "checkpoint_final.pth").stat().st_mtime_ns
+    again = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu", final_validation=False)
+    assert (again.output_folder / "checkpoint_final.pth").stat().st_mtime_ns == stamp and again.stop_reason == first.stop_reason
+    other = train(manifest, tiny_prepared, CPU_PLANS, MultitaskSettings(num_epochs=2, **TINY_RUN), fold=0, device="cpu", final_validation=False)
+    assert len(pd.read_csv(other.metrics_file)) == 2  # changed settings train again

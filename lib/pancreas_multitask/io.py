@@ -14,6 +14,10 @@ import nibabel as nib
 import numpy as np
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 class VolumeError(ValueError):
     """A file that cannot be used as a 3D volume; the message names the file and the reason."""
 
@@ -70,6 +74,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        if not os.path.islink(tmp):  # mkstemp makes 0600 files; give them the usual permissions
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import write_json
 from ..manifest import Manifest, ProfilePaths, load_manifest
 from ..runtime import configure_nnunet, detect_device
 from .settings import MultitaskSettings
@@ -75,6 +77,17 @@ def build_trainer(
     return trainer_class(plans=plans, configuration=CONFIGURATION, fold=fold, dataset_json=dataset_json, device=torch.device(device))
 
 
+TRAINER_NAME = "nnUNetTrainerMultitask"
+DONE_FILE = "training_done.json"
+
+
+def model_folder(manifest: Manifest, plans_name: str) -> Path:
+    """``$nnUNet_results/<dataset>/<trainer>__<plans>__3d_fullres``, where nnU-Net's trainer writes it."""
+    if not os.environ.get("nnUNet_results"):
+        raise RuntimeError("nnUNet_results is not set; call runtime.configure_nnunet() first")
+    return Path(os.environ["nnUNet_results"]) / manifest.dataset_name / f"{TRAINER_NAME}__{plans_name}__{CONFIGURATION}"
+
+
 def train(
     manifest: Manifest,
     paths: ProfilePaths,
@@ -84,9 +97,22 @@ def train(
     device: str = "cpu",
     resume: bool = False,
     final_validation: bool = True,
+    force: bool = False,
 ) -> TrainingResult:
-    """Train (or resume) one fold, restore the selected checkpoint and run nnU-Net's full-volume validation."""
+    """Train (or resume) one fold, restore the selected checkpoint and run nnU-Net's full-volume validation.
+
+    A fold that already finished with the same settings is not trained again unless ``force``.
+    """
     from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    output = model_folder(manifest, plans_name) / f"fold_{fold}"
+    done = output / DONE_FILE
+    summary = output / "validation" / "summary.json"
+    if not (force or resume) and done.is_file() and (summary.is_file() or not final_validation):
+        record = json.loads(done.read_text())
+        if record["settings"] == json.loads(json.dumps(settings.to_dict())):
+            print(f"already trained with these settings ({output}); force=True retrains", flush=True)
+            return TrainingResult(output, output / METRICS_FILE, record["stop_reason"], output / "checkpoint_best.pth", summary if final_validation else None)
 
     seed_everything(settings.seed)
     trainer = build_trainer(paths.nnunet_preprocessed / manifest.dataset_name, plans_name, fold, device, continue_training=resume)
@@ -94,18 +120,11 @@ def train(
     if resume:
         maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
     trainer.run_training()
-    output = Path(trainer.output_folder)
-    summary = None
     if final_validation:
         trainer.perform_actual_validation(save_probabilities=False)
-        summary = output / "validation" / "summary.json"
-    return TrainingResult(
-        output_folder=output,
-        metrics_file=output / METRICS_FILE,
-        stop_reason=trainer.stop_reason or f"reached the maximum of {trainer.num_epochs} epochs",
-        selected_checkpoint=output / "checkpoint_best.pth",
-        final_validation=summary,
-    )
+    stop_reason = trainer.stop_reason or f"reached the maximum of {trainer.num_epochs} epochs"
+    write_json(done, {"settings": settings.to_dict(), "stop_reason": stop_reason})
+    return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary if final_validation else None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", type=Path, help="JSON file with MultitaskSettings fields")
     parser.add_argument("--epochs", type=int, help="override num_epochs")
     parser.add_argument("--c", dest="resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("--force", action="store_true", help="retrain even if this fold finished with the same settings")
     args = parser.parse_args(argv)
     manifest = load_manifest(args.manifest)
     paths = manifest.paths(args.profile)
@@ -127,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.epochs:
         settings = replace(settings, num_epochs=args.epochs)
     fold = args.fold if args.fold == "all" else int(args.fold)
-    result = train(manifest, paths, args.plans, settings, fold, device, args.resume)
+    result = train(manifest, paths, args.plans, settings, fold, device, args.resume, force=args.force)
     print(f"{result.stop_reason}\nmodel: {result.output_folder}\nper-epoch metrics: {result.metrics_file}")
 
 

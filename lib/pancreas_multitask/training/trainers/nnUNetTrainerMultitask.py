@@ -62,7 +62,6 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         self.cls_loss: nn.Module | None = None
         self.stop_reason: str | None = None
         self._case_keys: tuple[list[str], list[str]] = ([], [])
-        self._epoch_losses: tuple[float, float] = (1.0, 0.0)
 
     # ---- settings -------------------------------------------------------------------------------
     def configure(self, settings: MultitaskSettings) -> None:
@@ -119,7 +118,9 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         counts = np.bincount([self._subtype(k) for k in train_keys], minlength=self.settings.head.num_classes)
         weights = class_weights(counts, self.settings.class_weight_smoothing)
         self.cls_loss = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device))
-        self.print_to_log_file(f"subtype counts in the training split: {counts.tolist()}; class weights: {np.round(weights, 4).tolist()}")
+        message = f"subtype counts in the training split: {counts.tolist()}; class weights: {np.round(weights, 4).tolist()}"
+        self.print_to_log_file(message)
+        print(message, flush=True)
 
     def _subtype(self, case_id: str) -> int:
         if case_id not in self.subtypes:
