@@ -43,6 +43,7 @@ def main() -> None:
     device = detect_device(args.device)
     configure_nnunet(paths, device)
     os.environ["nnUNet_results"] = tempfile.mkdtemp(prefix="train_speed_")  # keep the real results folder clean
+    os.environ["nnUNet_compile"] = "f"  # the multitask trainer does not compile by default; compare like with like
 
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer

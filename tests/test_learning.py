@@ -27,7 +27,7 @@ def test_short_training_learns(manifest, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("nnUNet_n_proc_DA", "1")
     prepare(manifest, paths, CPU_PLANS, reduced=ReducedPlan(patch_size=(16, 32, 32), max_features=32), num_processes=2)
     settings = MultitaskSettings(
-        num_epochs=30, iterations_per_epoch=8, val_iterations_per_epoch=2, initial_lr=2e-3, head_lr_factor=5.0,
+        num_epochs=36, iterations_per_epoch=8, val_iterations_per_epoch=2, initial_lr=2e-3, head_lr_factor=5.0,
         case_val_every=3, patience=100, schedule=LossSchedule(phase1_epochs=5, ramp_epochs=10), head=HeadConfig(pooling="lesion"),
     )
     result = train(manifest, paths, CPU_PLANS, settings, fold=0, device="cpu", final_validation=False)
@@ -35,5 +35,6 @@ def test_short_training_learns(manifest, tmp_path: Path, monkeypatch) -> None:
     first, last = frame.head(3), frame.tail(10)
     assert last["train_seg_losses"].mean() < first["train_seg_losses"].mean() - 0.2  # Dice+BCE starts near 0.6
     assert last["train_cls_losses"].mean() < 0.7 * math.log(3)  # cross-entropy of a uniform guess is ln 3
-    assert frame["val_macro_f1"].max() >= 0.5  # one class for all scores 0.17, random guessing 0.33
+    evaluations = frame.loc[frame["epoch"] % settings.case_val_every == 0, "val_macro_f1"]
+    assert evaluations.tail(3).mean() >= 0.45  # one class for all scores 0.17, random guessing about 0.33
     assert last["pseudo_dice_whole_pancreas"].mean() > 0.4  # from about 0.2 after the first epoch

@@ -51,7 +51,9 @@ def test_runner_writes_html_and_run_record(tmp_path: Path, capsys) -> None:
     assert (repo / "data" / "quiz" / "phantom.json").is_file()
     out = capsys.readouterr().out
     assert f"report: reports/runs/{run_dir.name}/index.html" in out
-    assert "it/s" not in out and "%|" not in out  # no progress bars in the log
+    executed = (run_dir / "00_setup.ipynb").read_text()
+    for text in (out, executed):  # no progress bars, neither in the log nor in the executed notebook
+        assert "it/s" not in text and "case/s" not in text and "%|" not in text
 
 
 def test_runner_stops_at_the_first_failure(tmp_path: Path, capsys) -> None:
@@ -63,7 +65,7 @@ def test_runner_stops_at_the_first_failure(tmp_path: Path, capsys) -> None:
     record = json.loads((run_dir / "run.json").read_text())
     assert [n["status"] for n in record["notebooks"]] == ["failed"]
     out = capsys.readouterr().out
-    assert f"FAILED after" in out and "RuntimeError: boom" in out and f"01_fails.html" in out
+    assert "FAILED after" in out and "RuntimeError: boom" in out and "01_fails.html" in out
 
 
 def test_select_notebooks() -> None:

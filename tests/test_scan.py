@@ -166,3 +166,15 @@ def test_skip_policy_keeps_the_good_cases(raw_copy: Path, manifest) -> None:
     assert result.skipped == [case_id]
     assert case_id not in set(result.frame().case_id)
     assert len(result.cases) == sum(TINY.train) + sum(TINY.validation) + TINY.test - 1
+
+
+def test_case_in_two_splits_is_reported_and_left_out(raw_copy: Path, manifest) -> None:
+    image = _first(raw_copy)
+    mask = image.parent / image.name.replace("_0000", "")
+    twin = raw_copy / "validation" / "subtype0"
+    for path in (image, mask):
+        (twin / path.name).write_bytes(path.read_bytes())
+    _scan_fails(raw_copy, manifest, str(twin / image.name), "also appears in train/subtype0")
+    with pytest.warns(UserWarning, match="also appears"):
+        result = scan_raw(raw_copy, manifest, on_bad_case="skip")
+    assert image.name.removesuffix("_0000.nii.gz") not in set(result.frame().case_id)

@@ -161,3 +161,18 @@ def test_training_pools_over_the_ground_truth_lesion() -> None:
     plain = build_multitask_network(None, REDUCED, 1, 3, True, HeadConfig(pooling="foreground"), has_regions=False)
     labels = torch.tensor([0, 1, 2, 2]).view(1, 1, 4, 1, 1)
     assert plain.guide_from_target(labels).flatten().tolist() == [False, True, True, True]
+
+
+def test_settings_from_profile_parameters(repo) -> None:
+    import yaml
+
+    from pancreas_multitask.training.settings import settings_from_parameters
+
+    demo = yaml.safe_load((repo / "notebooks" / "params" / "demo.yaml").read_text())
+    s = settings_from_parameters(demo, num_classes=3)
+    assert (s.num_epochs, s.iterations_per_epoch, s.initial_lr, s.save_every) == (demo["epochs"], demo["iterations_per_epoch"], demo["initial_lr"], demo["save_every"])
+    assert s.head.pooling == demo["pooling"] and s.head.num_classes == 3
+    assert s.schedule.phase1_epochs == demo["loss_schedule"]["phase1_epochs"]
+    assert s.head_lr_factor == demo["trainer_extra"]["head_lr_factor"]
+    gpu = settings_from_parameters(yaml.safe_load((repo / "notebooks" / "params" / "local.yaml").read_text()), num_classes=3)
+    assert (gpu.num_epochs, gpu.iterations_per_epoch, gpu.initial_lr, gpu.patience) == (500, 250, 1e-4, 100)

@@ -78,14 +78,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
-
-
-def save_nifti(img: nib.Nifti1Image, target: str | os.PathLike[str]) -> None:
-    """Write a NIfTI image atomically."""
-    with atomic_path(target) as tmp:
-        nib.save(img, str(tmp))
 
 
 def write_text(target: str | os.PathLike[str], text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -71,6 +72,10 @@ class Manifest:
     def dataset_name(self) -> str:
         """nnU-Net's folder name, e.g. ``Dataset501_PancreasQuiz``."""
         return f"Dataset{self.dataset_id:03d}_{self.dataset_short_name}"
+
+    def with_dataset_id(self, dataset_id: int) -> "Manifest":
+        """This manifest with another nnU-Net dataset id (0 keeps the manifest's)."""
+        return dataclasses.replace(self, dataset_id=int(dataset_id)) if dataset_id else self
 
     @property
     def profiles(self) -> tuple[str, ...]:
@@ -157,8 +162,8 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
     labels = _require(data, "labels", dict, where)
     for name in _REQUIRED_LABELS:
         _require(labels, name, int, f"{where}labels.")
-    if sorted(labels[n] for n in _REQUIRED_LABELS) != [0, 1, 2] or labels["background"] != 0:
-        raise ManifestError(f"{where}labels must map background/pancreas/lesion to 0 and {{1, 2}}, got {labels}")
+    if (labels["background"], labels["pancreas"], labels["lesion"]) != (0, 1, 2):
+        raise ManifestError(f"{where}labels must be background 0, pancreas 1, lesion 2 (the quiz masks' values), got {labels}")
 
     subtypes = _require(data, "subtypes", list, where)
     if len(subtypes) < 2 or not all(isinstance(s, str) and s for s in subtypes):

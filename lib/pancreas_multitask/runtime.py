@@ -6,7 +6,6 @@ import importlib.metadata
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -27,11 +26,6 @@ def find_repo_root(start: str | os.PathLike[str] | None = None) -> Path:
         if (folder / "data_manifest.yaml").is_file():
             return folder
     raise FileNotFoundError(f"no data_manifest.yaml at or above {here}; run from inside the repository")
-
-
-def in_colab() -> bool:
-    """True inside a Google Colab runtime (its kernel imports ``google.colab`` at start)."""
-    return "google.colab" in sys.modules
 
 
 def is_headless() -> bool:
@@ -59,6 +53,11 @@ def detect_device(requested: str = "auto") -> str:
     return requested
 
 
+def available_cores() -> int:
+    """CPU cores this process may use (affinity and container limits included)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def nnunet_environment(paths: ProfilePaths, device: str) -> dict[str, str]:
     """The ``nnUNet_*`` variables for a profile and device.
 
@@ -72,7 +71,7 @@ def nnunet_environment(paths: ProfilePaths, device: str) -> dict[str, str]:
         "nnUNet_results": str(paths.nnunet_results),
     }
     if device == "cpu":
-        cores = str(os.cpu_count() or 1)
+        cores = str(available_cores())
         env.update(nnUNet_compile="f", nnUNet_def_n_proc=cores, nnUNet_n_proc_DA=cores)
     return env
 

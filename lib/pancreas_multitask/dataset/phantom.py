@@ -287,13 +287,15 @@ def _stamp(config: PhantomConfig) -> dict[str, Any]:
     return {"generator": "pancreas_multitask.dataset.phantom", "version": PHANTOM_VERSION, "config": asdict(config)}
 
 
-def ensure_phantom(raw: str | Path, answers: str | Path, config: PhantomConfig | Mapping[str, Any]) -> bool:
+def ensure_phantom(raw: str | Path, answers: str | Path | None, config: PhantomConfig | Mapping[str, Any]) -> bool:
     """Generate the phantom unless ``raw`` already holds one made with the same config.
 
     Generation happens in a temporary folder that is renamed into place, so a killed run leaves
     no half-written dataset. Returns True when it generated. A ``raw`` folder that exists without
     the phantom's stamp is never touched.
     """
+    if answers is None:
+        raise ValueError(f"{raw}: a phantom needs a test_answers folder in the manifest's profile, for its answer key")
     raw, answers = Path(raw), Path(answers)
     cfg = config if isinstance(config, PhantomConfig) else PhantomConfig.from_dict(config)
     stamp = _stamp(cfg)
@@ -302,13 +304,14 @@ def ensure_phantom(raw: str | Path, answers: str | Path, config: PhantomConfig |
         if json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)):
             return False
     for folder in (raw, answers):
-        if folder.exists() and not (raw / STAMP).exists():
+        if folder.exists() and not (folder / STAMP).exists():
             raise FileExistsError(f"{folder}: exists but holds no phantom stamp ({STAMP}); refusing to overwrite it")
     raw.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".phantom-", dir=raw.parent) as tmp:
         tmp_raw, tmp_answers = Path(tmp) / "raw", Path(tmp) / "answers"
         write_phantom(tmp_raw, tmp_answers, cfg)
-        (tmp_raw / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+        for folder in (tmp_answers, tmp_raw):
+            (folder / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
         for src, dst in ((tmp_answers, answers), (tmp_raw, raw)):  # raw last: its stamp marks completion
             if dst.exists():
                 shutil.rmtree(dst)

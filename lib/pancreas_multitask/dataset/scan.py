@@ -103,6 +103,7 @@ def _collect(raw: Path, manifest: Manifest, problems: list[Problem]) -> list[_Pe
     """Match file names against the layout; report files that do not fit."""
     layout = manifest.layout
     pending: dict[str, _Pending] = {}
+    duplicates: set[str] = set()
 
     def entry(case_id: str, split: str, subtype: int | None, path: Path) -> _Pending | None:
         item = pending.get(case_id)
@@ -110,6 +111,7 @@ def _collect(raw: Path, manifest: Manifest, problems: list[Problem]) -> list[_Pe
             item = pending[case_id] = _Pending(case_id, split, subtype)
         elif item.split != split or item.subtype != subtype:
             problems.append(Problem(path, f"case id {case_id} also appears in {item.split}/subtype{item.subtype}"))
+            duplicates.add(case_id)
             return None
         return item
 
@@ -150,7 +152,7 @@ def _collect(raw: Path, manifest: Manifest, problems: list[Problem]) -> list[_Pe
             item = entry(match["case"], layout.test_split, None, path)
             if item is not None:
                 item.image = path
-    return list(pending.values())
+    return [item for item in pending.values() if item.case_id not in duplicates]
 
 
 def _check_pair(item: _Pending, image_path: Path) -> tuple[Case | None, list[Problem]]:

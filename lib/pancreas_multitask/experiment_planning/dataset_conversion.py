@@ -143,6 +143,9 @@ def convert_dataset(
             return [dataset_dir / "imagesTs" / f"{case.case_id}_0000{ending}"]
         return [dataset_dir / "imagesTr" / f"{case.case_id}_0000{ending}", dataset_dir / "labelsTr" / f"{case.case_id}{ending}"]
 
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):  # temporaries of a killed run would confuse nnU-Net
+        for stale in (dataset_dir / folder).glob(".*") if (dataset_dir / folder).is_dir() else ():
+            stale.unlink()
     current: dict[str, Any] = {}
     for case in progress(list(cases), "converting", unit="case"):
         signature = {"split": case.split, "subtype": case.subtype, "image": _signature(case.image), "mask": _signature(case.mask)}

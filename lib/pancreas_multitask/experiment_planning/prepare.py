@@ -10,7 +10,6 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from ..dataset.scan import scan_raw
 from ..io import write_json
 from ..manifest import Manifest, ProfilePaths, load_manifest
-from ..runtime import configure_nnunet, is_headless
+from ..runtime import available_cores, configure_nnunet, is_headless
 from .dataset_conversion import STATE_FILE, ConversionReport, convert_dataset
 from .plans import CONFIGURATION, CPU_PLANS, RESENC_M, ReducedPlan, derive_reduced_plans, plan_resenc_m, plan_summary
 from .splits import SplitMode, make_splits, write_splits
@@ -59,7 +58,7 @@ def plan_and_preprocess(
         raise ValueError(f"plans must be {RESENC_M!r} or {CPU_PLANS!r}, got {plans_name!r}")
     if plans_name == CPU_PLANS and reduced is None:
         reduced = ReducedPlan()
-    processes = num_processes or os.cpu_count() or 1
+    processes = num_processes or available_cores()
     raw_dir = paths.nnunet_raw / manifest.dataset_name
     pre_dir = paths.nnunet_preprocessed / manifest.dataset_name
     plans_file = pre_dir / f"{plans_name}.json"
@@ -87,7 +86,8 @@ def write_fold_splits(manifest: Manifest, paths: ProfilePaths, mode: SplitMode) 
     raw_dir = paths.nnunet_raw / manifest.dataset_name
     table = read_subtype_table(raw_dir / SUBTYPE_TABLE, len(manifest.subtypes))
     test_ids = [p.name.removesuffix(f"_0000{manifest.file_ending}") for p in (raw_dir / "imagesTs").glob(f"*{manifest.file_ending}")]
-    return write_splits(paths.nnunet_preprocessed / manifest.dataset_name, make_splits(table, mode), test_ids)
+    train_split, val_split = manifest.layout.labeled_splits[:2]
+    return write_splits(paths.nnunet_preprocessed / manifest.dataset_name, make_splits(table, mode, train_split, val_split), test_ids)
 
 
 def prepare(

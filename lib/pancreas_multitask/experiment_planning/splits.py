@@ -30,12 +30,12 @@ def stratified_cv(table: Mapping[str, tuple[int, str]], n_folds: int = 5, train_
     return [{"train": [ids[i] for i in tr], "val": [ids[i] for i in va]} for tr, va in folds]
 
 
-def make_splits(table: Mapping[str, tuple[int, str]], mode: SplitMode) -> list[dict[str, list[str]]]:
-    """The folds for ``mode`` (``given`` or ``cv5``)."""
+def make_splits(table: Mapping[str, tuple[int, str]], mode: SplitMode, train_split: str = "train", val_split: str = "validation") -> list[dict[str, list[str]]]:
+    """The folds for ``mode`` (``given`` or ``cv5``), with the layout's names of the two labelled splits."""
     if mode == "given":
-        return given_split(table)
+        return given_split(table, train_split, val_split)
     if mode == "cv5":
-        return stratified_cv(table)
+        return stratified_cv(table, train_split=train_split)
     raise ValueError(f"split mode must be 'given' or 'cv5', got {mode!r}")
 
 

@@ -3,26 +3,28 @@
 This is what ``nnunetv2.run.run_training.get_trainer_from_args`` does, minus
 ``recursive_find_trainer_class_by_name`` (which imports every trainer module, timm and torchvision
 included, and so fails beside the CPU torch). CLI:
-``python -m pancreas_multitask.training.run --profile demo --plans nnUNetResEncUNetMPlans_cpu --epochs 5``.
+``python -m pancreas_multitask.training.run --profile demo`` (the profile's parameters, as run_all.sh passes them).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from ..io import write_json
 from ..manifest import Manifest, ProfilePaths, load_manifest
 from ..runtime import configure_nnunet, detect_device
-from .settings import MultitaskSettings
+from .settings import MultitaskSettings, settings_from_parameters
 
 CONFIGURATION = "3d_fullres"
 METRICS_FILE = "training_metrics.csv"  # written by the trainer every epoch
@@ -108,11 +110,13 @@ def train(
     output = model_folder(manifest, plans_name) / f"fold_{fold}"
     done = output / DONE_FILE
     summary = output / "validation" / "summary.json"
+    record = {"settings": json.loads(json.dumps(settings.to_dict())), "inputs": training_inputs(paths, manifest, plans_name)}
     if not (force or resume) and done.is_file() and (summary.is_file() or not final_validation):
-        record = json.loads(done.read_text())
-        if record["settings"] == json.loads(json.dumps(settings.to_dict())):
-            print(f"already trained with these settings ({output}); force=True retrains", flush=True)
-            return TrainingResult(output, output / METRICS_FILE, record["stop_reason"], output / "checkpoint_best.pth", summary if final_validation else None)
+        previous = json.loads(done.read_text())
+        if {k: previous.get(k) for k in record} == record:
+            print(f"already trained with these settings and data ({output}); force=True retrains", flush=True)
+            return TrainingResult(output, output / METRICS_FILE, previous["stop_reason"], output / "checkpoint_best.pth", summary if final_validation else None)
+    done.unlink(missing_ok=True)  # from here on the fold is not finished
 
     seed_everything(settings.seed)
     trainer = build_trainer(paths.nnunet_preprocessed / manifest.dataset_name, plans_name, fold, device, continue_training=resume)
@@ -123,31 +127,41 @@ def train(
     if final_validation:
         trainer.perform_actual_validation(save_probabilities=False)
     stop_reason = trainer.stop_reason or f"reached the maximum of {trainer.num_epochs} epochs"
-    write_json(done, {"settings": settings.to_dict(), "stop_reason": stop_reason})
+    write_json(done, {**record, "stop_reason": stop_reason})
     return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary if final_validation else None)
 
 
+def training_inputs(paths: ProfilePaths, manifest: Manifest, plans_name: str) -> str:
+    """Hash of what training reads besides its settings: plans, dataset.json, splits, preprocessing state."""
+    pre = paths.nnunet_preprocessed / manifest.dataset_name
+    digest = hashlib.sha256()
+    for name in (f"{plans_name}.json", "dataset.json", "splits_final.json", "prepare_state.json", "subtypes.csv"):
+        digest.update(name.encode() + ((pre / name).read_bytes() if (pre / name).is_file() else b"-"))
+    return digest.hexdigest()
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the multitask nnU-Net (the project's way, no trainer name lookup).")
+    parser = argparse.ArgumentParser(description="Train the multitask nnU-Net with a profile's parameters (no trainer name lookup).")
+    parser.add_argument("--profile", default="demo", help="reads notebooks/params/<profile>.yaml and the manifest's paths")
     parser.add_argument("--manifest", type=Path, default=Path("data_manifest.yaml"))
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("--plans", default="nnUNetResEncUNetMPlans_cpu")
+    parser.add_argument("--params", type=Path, help="extra YAML whose keys override the profile's")
     parser.add_argument("--fold", default="0")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--settings", type=Path, help="JSON file with MultitaskSettings fields")
-    parser.add_argument("--epochs", type=int, help="override num_epochs")
+    parser.add_argument("--epochs", type=int, help="override the profile's epochs")
     parser.add_argument("--c", dest="resume", action="store_true", help="continue from the latest checkpoint")
-    parser.add_argument("--force", action="store_true", help="retrain even if this fold finished with the same settings")
+    parser.add_argument("--force", action="store_true", help="retrain even if this fold finished with the same settings and data")
     args = parser.parse_args(argv)
-    manifest = load_manifest(args.manifest)
-    paths = manifest.paths(args.profile)
-    device = detect_device(args.device)
-    configure_nnunet(paths, device)
-    settings = MultitaskSettings.from_dict(json.loads(args.settings.read_text())) if args.settings else MultitaskSettings()
+    params = yaml.safe_load((Path("notebooks") / "params" / f"{args.profile}.yaml").read_text()) or {}
+    if args.params:
+        params.update(yaml.safe_load(args.params.read_text()) or {})
     if args.epochs:
-        settings = replace(settings, num_epochs=args.epochs)
+        params["epochs"] = args.epochs
+    manifest = load_manifest(args.manifest).with_dataset_id(params.get("dataset_id", 0))
+    paths = manifest.paths(args.profile)
+    device = detect_device(params.get("device", "auto"))
+    configure_nnunet(paths, device)
+    settings = settings_from_parameters(params, len(manifest.subtypes))
     fold = args.fold if args.fold == "all" else int(args.fold)
-    result = train(manifest, paths, args.plans, settings, fold, device, args.resume, force=args.force)
+    result = train(manifest, paths, params.get("plans", "nnUNetResEncUNetMPlans"), settings, fold, device, args.resume, force=args.force)
     print(f"{result.stop_reason}\nmodel: {result.output_folder}\nper-epoch metrics: {result.metrics_file}")
 
 

@@ -80,3 +80,28 @@ class MultitaskSettings:
     def load(cls, folder: Path) -> "MultitaskSettings | None":
         path = Path(folder) / SETTINGS_FILE
         return cls.from_dict(json.loads(path.read_text())) if path.is_file() else None
+
+
+# notebook / profile parameter -> MultitaskSettings field
+PARAMETER_FIELDS = {
+    "epochs": "num_epochs",
+    "iterations_per_epoch": "iterations_per_epoch",
+    "val_iterations_per_epoch": "val_iterations_per_epoch",
+    "initial_lr": "initial_lr",
+    "weight_decay": "weight_decay",
+    "patience": "patience",
+    "case_val_every": "case_val_every",
+    "save_every": "save_every",
+    "loss_schedule": "schedule",
+}
+
+
+def settings_from_parameters(params: Mapping[str, Any], num_classes: int) -> MultitaskSettings:
+    """The trainer settings that 02_train's parameters (or a profile file) describe.
+
+    ``pooling`` sets the head's pooling; ``trainer_extra`` may set any other field, ``head`` included.
+    """
+    values: dict[str, Any] = {field: params[key] for key, field in PARAMETER_FIELDS.items() if key in params}
+    extra = dict(params.get("trainer_extra") or {})
+    head = {"num_classes": num_classes, **({"pooling": params["pooling"]} if "pooling" in params else {}), **extra.pop("head", {})}
+    return MultitaskSettings.from_dict({**values, **extra, "head": head})

@@ -58,7 +58,7 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         # a resumed run (also through nnUNetv2_train --c) picks up the settings it was started with
         self.configure(MultitaskSettings.load(Path(self.output_folder)) or MultitaskSettings())
         self.logger.local_logger.my_fantastic_logging.update({key: [] for key in EXTRA_KEYS})
-        self.subtypes = read_subtype_table(Path(self.preprocessed_dataset_folder_base) / SUBTYPE_TABLE)
+        self.subtypes = read_subtype_table(Path(self.preprocessed_dataset_folder_base) / SUBTYPE_TABLE, self.settings.head.num_classes)
         self.cls_loss: nn.Module | None = None
         self.stop_reason: str | None = None
         self._case_keys: tuple[list[str], list[str]] = ([], [])
