@@ -97,3 +97,35 @@ def test_a_finished_fold_is_not_trained_again(tiny_prepared, manifest, results) 
     assert (again.output_folder / "checkpoint_final.pth").stat().st_mtime_ns == stamp and again.stop_reason == first.stop_reason
     other = train(manifest, tiny_prepared, CPU_PLANS, MultitaskSettings(num_epochs=2, **TINY_RUN), fold=0, device="cpu", final_validation=False)
     assert len(pd.read_csv(other.metrics_file)) == 2  # changed settings train again
+
+
+def test_early_stopping_state_survives_a_resume(tiny_prepared, manifest, results, monkeypatch) -> None:
+    settings = MultitaskSettings(num_epochs=30, patience=3, criterion_dice_weight=0.0, save_every=1, **TINY_RUN)
+    scripted = [0.2, 0.9, 0.5, 0.5, 0.5, 0.5, 0.5]  # best at epoch 1: patience runs out after epoch 4
+    trainer = _trainer(tiny_prepared, manifest, settings)
+    values = iter(scripted)
+    monkeypatch.setattr(trainer, "case_level_validation", lambda: (next(values), 0.5))
+    original = trainer.on_epoch_end
+
+    def crash_after_three_epochs() -> None:
+        original()
+        if trainer.current_epoch == 3:
+            raise RuntimeError("simulated crash")
+
+    trainer.on_epoch_end = crash_after_three_epochs
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.run_training()
+    for loader in (trainer.dataloader_train, trainer.dataloader_val):
+        loader._finish()
+
+    resumed = build_trainer(tiny_prepared.nnunet_preprocessed / manifest.dataset_name, CPU_PLANS, 0, "cpu", continue_training=True)
+    resumed.configure(settings)
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    maybe_load_checkpoint(resumed, continue_training=True, validation_only=False)
+    rest = iter(scripted[3:])
+    monkeypatch.setattr(resumed, "case_level_validation", lambda: (next(rest), 0.5))
+    resumed.run_training()
+    frame = pd.read_csv(Path(resumed.output_folder) / METRICS_FILE)
+    assert frame["epoch"].tolist() == [0, 1, 2, 3, 4]  # the patience count continued across the resume
+    assert "best 0.9000 at epoch 1" in resumed.stop_reason

@@ -119,7 +119,7 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         weights = class_weights(counts, self.settings.class_weight_smoothing)
         self.cls_loss = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device))
         message = f"subtype counts in the training split: {counts.tolist()}; class weights: {np.round(weights, 4).tolist()}"
-        self.print_to_log_file(message)
+        self.print_to_log_file(message, also_print_to_console=False)
         print(message, flush=True)
 
     def _subtype(self, case_id: str) -> int:
@@ -267,7 +267,7 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
                 self.on_validation_epoch_end(val_outputs)
             self.on_epoch_end()
         reason = self.stop_reason or f"reached the maximum of {self.num_epochs} epochs"
-        self.print_to_log_file(f"training stopped: {reason}")
+        self.print_to_log_file(f"training stopped: {reason}", also_print_to_console=False)
         print(f"training stopped: {reason}", flush=True)
         self.on_train_end()
 
