@@ -127,3 +127,16 @@ def training_curves(frame: pd.DataFrame) -> Figure:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def prediction_examples(cases: Sequence[tuple[str, str]], output_folder: str, n: int = 3) -> Figure:
+    """The first ``n`` predicted cases: CT (W400/L40) with the predicted mask, at its largest-lesion slice."""
+    chosen = list(cases)[:n]
+    fig, axes = plt.subplots(1, max(len(chosen), 1), figsize=(4 * max(len(chosen), 1), 4), squeeze=False)
+    for ax, (case_id, image_file) in zip(axes[0], chosen):
+        image, spacing = load_canonical(image_file)
+        labels, _ = load_canonical(f"{output_folder}/{case_id}.nii.gz")
+        overlay_axial(ax, image, labels, spacing, best_slice(labels))
+        ax.set_title(f"{case_id} (predicted)")
+    fig.tight_layout()
+    return fig

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,14 +24,25 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from ..io import VolumeError, atomic_path, load_volume, write_json, write_text
-from ..runtime import progress
+from ..runtime import is_headless, progress
 from ..training.network import MultitaskNetwork, build_multitask_network
 from ..training.run import TRAINER_NAME
 from ..training.settings import MultitaskSettings
 from .aggregation import aggregate_class_probabilities, tile_foreground
 
 CSV_NAME = "subtype_results.csv"
-SIDECAR = ".subtype.json"  # per-case class probabilities; the CSV is rebuilt from them
+SIDECAR = ".subtype.json"  # per-case class probabilities and timing; the CSV is rebuilt from them
+# sliding-window presets: nnU-Net's defaults, and the two obvious speed knobs (tuned and benchmarked in issue 5)
+MODES = {"accurate": {"tile_step_size": 0.5, "use_mirroring": True}, "fast": {"tile_step_size": 0.75, "use_mirroring": False}}
+
+
+def make_predictor(model_folder: str | Path, mode: str = "accurate", device: str = "cpu", folds: Sequence[int | str] = (0,), checkpoint_name: str = "checkpoint_best.pth") -> "MultitaskPredictor":
+    """A ready predictor for ``mode`` (``accurate`` or ``fast``)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    predictor = MultitaskPredictor(**MODES[mode], device=torch.device(device), allow_tqdm=False)
+    predictor.initialize_from_model_folder(model_folder, folds, checkpoint_name)
+    return predictor
 
 
 class MultitaskPredictor(nnUNetPredictor):
@@ -122,6 +134,7 @@ def predict_cases(
         if not overwrite and mask.is_file() and sidecar.is_file():
             report.skipped.append(case_id)
             continue
+        start = time.perf_counter()
         try:
             volume = load_volume(image)  # names the file if it is unreadable or not 3D
             if not np.isfinite(volume.data).all():
@@ -130,13 +143,22 @@ def predict_cases(
         except (VolumeError, RuntimeError, ValueError, OSError) as exc:
             reason = str(exc) if str(image) in str(exc) else f"{image}: {exc}"
             report.failed.append(reason)
+            print(f"FAILED {reason}", flush=True)
             continue
         with atomic_path(mask) as tmp:
             predictor.plans_manager.image_reader_writer_class().write_seg(segmentation, str(tmp), properties)
-        write_json(sidecar, {"Names": mask.name, "probabilities": [float(p) for p in probabilities]})
+        seconds = time.perf_counter() - start
+        write_json(sidecar, {"Names": mask.name, "probabilities": [float(p) for p in probabilities], "seconds": seconds})
         report.predicted.append(case_id)
+        if is_headless():
+            print(f"{case_id}: subtype {int(np.argmax(probabilities))} (p={float(np.max(probabilities)):.2f}) in {seconds:.1f}s", flush=True)
     write_subtype_csv(out, predictor.subtype_names)
     return report
+
+
+def case_records(output_folder: str | Path) -> list[dict]:
+    """The per-case results (``Names``, ``probabilities``, ``seconds``) of an output folder, sorted by name."""
+    return [json.loads(p.read_text()) for p in sorted(Path(output_folder).glob(f"*{SIDECAR}"))]
 
 
 def write_subtype_csv(output_folder: Path, subtype_names: Sequence[str]) -> Path:
@@ -144,10 +166,16 @@ def write_subtype_csv(output_folder: Path, subtype_names: Sequence[str]) -> Path
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["Names", "Subtype", *(f"prob_{name}" for name in subtype_names)])
-    for sidecar in sorted(Path(output_folder).glob(f"*{SIDECAR}")):
-        record = json.loads(sidecar.read_text())
+    for record in case_records(output_folder):
         probabilities = record["probabilities"]
         writer.writerow([record["Names"], int(np.argmax(probabilities)), *(f"{p:.6f}" for p in probabilities)])
     target = Path(output_folder) / CSV_NAME
     write_text(target, buffer.getvalue())
     return target
+
+
+def split_cases(raw: str | Path, split: str, file_ending: str = ".nii.gz") -> list[tuple[str, Path]]:
+    """``(case id, image)`` of one raw quiz split: ``split/subtypeK/*_0000`` or, for the test split, ``test/*_0000``."""
+    folder = Path(raw) / split
+    files = sorted(folder.glob(f"*/*_0000{file_ending}")) + sorted(folder.glob(f"*_0000{file_ending}"))
+    return input_cases(files, file_ending)
