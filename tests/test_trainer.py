@@ -28,6 +28,22 @@ def _trainer(paths, manifest, settings: MultitaskSettings):
     return trainer
 
 
+def _crash_after(trainer, epochs: int) -> None:
+    """Run training and kill it (an exception) right after ``epochs`` epochs, as a crash would."""
+    original = trainer.on_epoch_end
+
+    def on_epoch_end() -> None:
+        original()
+        if trainer.current_epoch == epochs:
+            raise RuntimeError("simulated crash")
+
+    trainer.on_epoch_end = on_epoch_end
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.run_training()
+    for loader in (trainer.dataloader_train, trainer.dataloader_val):
+        loader._finish()  # what the crash left running
+
+
 def test_early_stopping_stops_at_patience_and_restores_the_best(tiny_prepared, manifest, results, monkeypatch) -> None:
     settings = MultitaskSettings(num_epochs=30, patience=3, criterion_dice_weight=0.0, **TINY_RUN)
     trainer = _trainer(tiny_prepared, manifest, settings)
@@ -53,18 +69,7 @@ def test_resume_continues_epochs_and_schedule(tiny_prepared, manifest, results) 
     schedule = LossSchedule(phase1_epochs=1, ramp_epochs=2)
     settings = MultitaskSettings(num_epochs=4, save_every=1, schedule=schedule, **TINY_RUN)
     trainer = _trainer(tiny_prepared, manifest, settings)
-    original = trainer.on_epoch_end
-
-    def crash_after_two_epochs() -> None:
-        original()
-        if trainer.current_epoch == 2:
-            raise RuntimeError("simulated crash")
-
-    trainer.on_epoch_end = crash_after_two_epochs
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        trainer.run_training()
-    for loader in (trainer.dataloader_train, trainer.dataloader_val):
-        loader._finish()  # what the crash left running
+    _crash_after(trainer, epochs=2)
     out = Path(trainer.output_folder)
     assert (out / "checkpoint_latest.pth").is_file() and not (out / "checkpoint_final.pth").exists()
 
@@ -105,18 +110,7 @@ def test_early_stopping_state_survives_a_resume(tiny_prepared, manifest, results
     trainer = _trainer(tiny_prepared, manifest, settings)
     values = iter(scripted)
     monkeypatch.setattr(trainer, "case_level_validation", lambda: (next(values), 0.5))
-    original = trainer.on_epoch_end
-
-    def crash_after_three_epochs() -> None:
-        original()
-        if trainer.current_epoch == 3:
-            raise RuntimeError("simulated crash")
-
-    trainer.on_epoch_end = crash_after_three_epochs
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        trainer.run_training()
-    for loader in (trainer.dataloader_train, trainer.dataloader_val):
-        loader._finish()
+    _crash_after(trainer, epochs=3)
 
     resumed = build_trainer(tiny_prepared.nnunet_preprocessed / manifest.dataset_name, CPU_PLANS, 0, "cpu", continue_training=True)
     resumed.configure(settings)
