@@ -62,6 +62,7 @@ def test_smoke_pipeline_of_all_notebooks(tmp_path: Path) -> None:
     assert "nnUNetResEncUNetMPlans_cpu" in page and "percentile_99_5" in page and "data:image/png;base64" in page
 
     _check_training(repo, run_dir)
+    _check_inference(repo, run_dir)
 
     # a second run converts and preprocesses nothing
     assert run(repo, "smoke", only="01") == 0
@@ -79,3 +80,16 @@ def _check_training(repo: Path, run_dir: Path) -> None:
     assert 0.0 <= summary["full-volume Dice whole_pancreas (val, nnU-Net)"] <= 1.0
     page = (run_dir / "02_train.html").read_text()
     assert "case-level macro-F1 (val)" in page and "data:image/png;base64" in page
+
+
+def _check_inference(repo: Path, run_dir: Path) -> None:
+    summary = json.loads((repo / "work" / "inference.json").read_text())
+    phantom = SMOKE["phantom"]
+    expected = {"validation": sum(phantom["validation"]), "test": phantom["test"]}
+    assert {split: counts["predicted"] for split, counts in summary["counts"].items()} == expected
+    for split, n in expected.items():
+        folder = Path(summary["outputs"][split])
+        assert len(list(folder.glob("quiz_*.nii.gz"))) == n
+        assert len((folder / "subtype_results.csv").read_text().splitlines()) == n + 1
+    page = (run_dir / "03_inference.html").read_text()
+    assert "prob_subtype0" in page and "data:image/png;base64" in page
