@@ -49,3 +49,12 @@ def test_profile_keys_are_declared_by_a_notebook(profile: str) -> None:
     declared = set().union(*(pm.inspect_notebook(str(p)) for p in NOTEBOOKS))
     keys = set(yaml.safe_load((REPO / "notebooks" / "params" / f"{profile}.yaml").read_text()))
     assert keys <= declared, f"{profile}.yaml sets parameters no notebook declares: {sorted(keys - declared)}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_defaults_are_the_demo_profile(path: Path) -> None:
+    """What ``runner.profile_parameters`` relies on to apply another profile by hand."""
+    demo = yaml.safe_load((REPO / "notebooks" / "params" / "demo.yaml").read_text())
+    defaults = {name: value["default"] for name, value in pm.inspect_notebook(str(path)).items()}
+    differing = {k: (ast.literal_eval(v), demo[k]) for k, v in defaults.items() if k in demo and ast.literal_eval(v) != demo[k]}
+    assert not differing, f"{path.name}: defaults differ from demo.yaml: {differing}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,10 @@ def test_reduced_plans_keep_data_and_shrink_the_network() -> None:
 
 
 @pytest.mark.notebook
-def test_smoke_pipeline_of_all_notebooks(tmp_path: Path) -> None:
+def test_smoke_pipeline_of_all_notebooks(tmp_path: Path, capsys) -> None:
     repo = fake_repo(tmp_path, tuple(p.name for p in discover_notebooks(REPO / "notebooks")))
     assert run(repo, "smoke") == 0
+    printed = capsys.readouterr().out
     pre = repo / "work" / "nnUNet_preprocessed" / "Dataset501_PancreasQuiz"
     phantom = SMOKE["phantom"]
     n_labelled = sum(phantom["train"]) + sum(phantom["validation"])
@@ -63,6 +65,7 @@ def test_smoke_pipeline_of_all_notebooks(tmp_path: Path) -> None:
 
     _check_training(repo, run_dir)
     _check_inference(repo, run_dir)
+    _check_evaluation(repo, run_dir, printed)
 
     # a second run converts and preprocesses nothing
     assert run(repo, "smoke", only="01") == 0
@@ -93,3 +96,26 @@ def _check_inference(repo: Path, run_dir: Path) -> None:
         assert len((folder / "subtype_results.csv").read_text().splitlines()) == n + 1
     page = (run_dir / "03_inference.html").read_text()
     assert "prob_subtype0" in page and "data:image/png;base64" in page
+
+
+def _check_evaluation(repo: Path, run_dir: Path, printed: str) -> None:
+    from pancreas_multitask.evaluation.report import fmt
+
+    report = run_dir / "evaluation.html"
+    assert f"report: {report.relative_to(repo)}" in printed  # the runner's last line names the report
+    phantom = SMOKE["phantom"]
+    html = report.read_text()
+    for split, n in (("test", phantom["test"]), ("validation", sum(phantom["validation"]))):
+        metrics = json.loads((run_dir / "evaluation" / split / "metrics.json").read_text())
+        assert metrics["n_ground_truth_cases"] == n and not metrics["missing_predictions"]
+        assert len((run_dir / "evaluation" / split / "per_case.csv").read_text().splitlines()) == n + 1
+    metrics = json.loads((run_dir / "evaluation" / "test" / "metrics.json").read_text())  # the main report is the held-out split
+    for target in metrics["targets"].values():
+        assert fmt(target["value"]) in html
+    assert "validation" in html and "data:image/png;base64" in html
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", html)  # opens offline
+    assert (run_dir / "evaluation_validation.html").is_file()
+    index = (run_dir / "index.html").read_text()
+    assert "href='evaluation.html'" in index and "href='evaluation_validation.html'" in index
+    page = (run_dir / "04_evaluate.html").read_text()
+    assert "data:image/png;base64" in page and "macro_f1" in page  # static viewer montage and the target table

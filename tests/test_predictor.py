@@ -1,9 +1,13 @@
-"""The multitask predictor: geometry, subtype CSV, resume, bad input, sharding (tiny model, CPU)."""
+"""The multitask predictor: geometry, subtype CSV, resume, bad input, sharding, modes, model zips, CLI (tiny model, CPU)."""
 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -12,7 +16,9 @@ import pytest
 import torch
 
 from pancreas_multitask.experiment_planning.plans import CPU_PLANS
-from pancreas_multitask.inference.predictor import CSV_NAME, MultitaskPredictor, input_cases, predict_cases
+from pancreas_multitask.evaluation.metrics import dice, evaluate_case
+from pancreas_multitask.inference.model_sharing import export_model, install_model
+from pancreas_multitask.inference.predictor import CSV_NAME, InferenceMode, MultitaskPredictor, case_records, input_cases, make_predictor, predict_cases
 from pancreas_multitask.training.run import train
 from pancreas_multitask.training.settings import HeadConfig, MultitaskSettings
 
@@ -25,8 +31,10 @@ def model(tiny_prepared, manifest, tmp_path_factory) -> Path:
     previous = os.environ["nnUNet_results"]
     os.environ["nnUNet_results"] = str(results)
     try:
-        settings = MultitaskSettings(num_epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, head=HeadConfig(pooling="lesion"))
-        result = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu", final_validation=False)
+        settings = MultitaskSettings(
+            num_epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, head=HeadConfig(pooling="lesion"), final_validation_mirroring=False
+        )
+        result = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu")  # with nnU-Net's final validation, which an export needs
     finally:
         os.environ["nnUNet_results"] = previous
     return result.output_folder.parent
@@ -67,6 +75,8 @@ def test_real_case_comes_back_in_its_own_geometry(predictor, real_case_dir: Path
     source, mask = nib.load(str(real_case_dir / "quiz_0_324_0000.nii.gz")), nib.load(str(tmp_path / "quiz_0_324.nii.gz"))
     assert mask.shape == (187, 95, 49) and np.allclose(mask.affine, source.affine, atol=1e-4)
     assert "".join(nib.aff2axcodes(mask.affine)) == "LPS"
+    # and it can be scored against its real (float) mask: evaluate_case raises on any grid mismatch
+    assert set(evaluate_case(real_case_dir / "quiz_0_324.nii.gz", tmp_path / "quiz_0_324.nii.gz")) == {"dsc_pancreas", "dsc_lesion"}
 
 
 def test_rerun_skips_and_bad_input_is_named(predictor, tiny_phantom: Path, tmp_path: Path) -> None:
@@ -91,3 +101,64 @@ def test_two_parts_cover_every_case_once(predictor, tiny_phantom: Path, tmp_path
     assert not set(first.predicted) & set(second.predicted)
     assert sorted(first.predicted + second.predicted) == sorted(c for c, _ in cases)
     assert len(list(csv.DictReader((tmp_path / CSV_NAME).open()))) == len(cases)
+
+
+def test_tile_batching_changes_nothing_but_speed(model, real_case_dir: Path) -> None:
+    image = [str(real_case_dir / "quiz_0_324_0000.nii.gz")]
+    one, four = make_predictor(model, InferenceMode(0.5, False, 1)), make_predictor(model, InferenceMode(0.5, False, 4))
+    logits_one, properties, probs_one = one.predict_logits(image)
+    logits_four, _, probs_four = four.predict_logits(image)
+    assert len(one._tiles[0]) > len(four._tiles[0]) > 1  # several tiles, fewer forward passes
+    # the same numbers up to float rounding (batched convolutions sum in another order; fp16 accumulation)
+    np.testing.assert_allclose(logits_one.float().numpy(), logits_four.float().numpy(), atol=1e-2)
+    np.testing.assert_allclose(probs_one, probs_four, atol=1e-5)
+    same = one.export_segmentation(logits_one, properties) == four.export_segmentation(logits_four, properties)
+    assert same.mean() > 0.999  # an untrained model sits near the threshold, so a few voxels may flip
+
+
+def test_fast_and_accurate_masks_nearly_agree(model, tiny_phantom: Path, tmp_path: Path) -> None:
+    cases = _images(tiny_phantom)
+    predict_cases(make_predictor(model, "accurate"), cases, tmp_path / "accurate")
+    predict_cases(make_predictor(model, "fast"), cases, tmp_path / "fast")
+    for case_id, _ in cases:
+        accurate, fast = (np.asarray(nib.load(str(tmp_path / mode / f"{case_id}.nii.gz")).dataobj) for mode in ("accurate", "fast"))
+        assert 0 < np.count_nonzero(accurate) < accurate.size, case_id  # a real mask, not empty or all foreground
+        assert dice(fast > 0, accurate > 0) >= 0.9, case_id
+
+
+def test_exported_zip_predicts_the_same(model, tiny_phantom: Path, tmp_path: Path) -> None:
+    zip_file = export_model(model, tmp_path / "model.zip")
+    written = zip_file.stat().st_mtime_ns
+    assert export_model(model, zip_file) == zip_file and zip_file.stat().st_mtime_ns == written  # up to date: kept
+    with zipfile.ZipFile(zip_file) as archive:
+        names = set(archive.namelist())
+    inner = f"{model.parent.name}/{model.name}"
+    assert {f"{inner}/plans.json", f"{inner}/dataset.json", f"{inner}/fold_0/checkpoint_best.pth", f"{inner}/fold_0/multitask_settings.json"} <= names
+    installed = install_model(zip_file, tmp_path / "results")
+    assert installed == tmp_path / "results" / inner
+    mtime = (installed / "plans.json").stat().st_mtime_ns
+    assert install_model(zip_file, tmp_path / "results") == installed and (installed / "plans.json").stat().st_mtime_ns == mtime  # not unpacked twice
+    with pytest.raises(FileExistsError, match="no zip installed"):  # never over the model trained here
+        install_model(zip_file, model.parent.parent)
+    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
+    cases = _images(tiny_phantom)
+    for name, folder in (("before", model), ("after", installed)):
+        predict_cases(make_predictor(folder, "fast"), cases, tmp_path / name)
+    for case_id, _ in cases:
+        before, after = (np.asarray(nib.load(str(tmp_path / n / f"{case_id}.nii.gz")).dataobj) for n in ("before", "after"))
+        assert np.array_equal(before, after)
+    assert [r["probabilities"] for r in case_records(tmp_path / "before")] == [r["probabilities"] for r in case_records(tmp_path / "after")]
+
+
+def test_cli_predicts_a_folder_from_a_zip_and_fails_on_bad_input(model, tiny_phantom: Path, tmp_path: Path) -> None:
+    zip_file = export_model(model, tmp_path / "model.zip")
+    folder = tmp_path / "in"
+    shutil.copytree(tiny_phantom / "quiz" / "test", folder)
+    command = [sys.executable, "-m", "pancreas_multitask.inference.predict", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(zip_file), "-device", "cpu", "--models_dir", str(tmp_path / "models")]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PANCREAS_HEADLESS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert len(list(csv.DictReader((tmp_path / "out" / CSV_NAME).open()))) == len(input_cases(folder))
+    (folder / "quiz_999_0000.nii.gz").write_bytes(b"corrupt")
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PANCREAS_HEADLESS": "1"})
+    assert done.returncode == 1 and "quiz_999_0000.nii.gz" in done.stderr
+    assert "skipped 2" in done.stdout  # the finished cases are not predicted again

@@ -74,3 +74,17 @@ def test_select_notebooks() -> None:
     assert select_notebooks(paths, only="03") == [paths[3]]
     with pytest.raises(SystemExit, match="no notebook numbered 09"):
         select_notebooks(paths, only="09")
+
+
+def test_profile_parameters_fill_in_what_was_left_at_the_defaults(monkeypatch, capsys) -> None:
+    from pancreas_multitask.runner import profile_parameters
+
+    params = REPO / "notebooks" / "params"
+    monkeypatch.delenv("PANCREAS_HEADLESS", raising=False)
+    current = {"profile": "colab", "epochs": 60, "plans": "nnUNetResEncUNetMPlans_cpu", "resume": False, "patience": 5, "unrelated": 1}
+    changes = profile_parameters("colab", current, params)
+    assert changes == {"epochs": 500, "plans": "nnUNetResEncUNetMPlans", "resume": True}  # patience was changed by hand: kept
+    assert "colab profile: epochs = 500" in capsys.readouterr().out
+    assert profile_parameters("demo", current, params) == {}
+    monkeypatch.setenv("PANCREAS_HEADLESS", "1")  # run_all.sh injected the profile already
+    assert profile_parameters("colab", current, params) == {}

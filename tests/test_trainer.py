@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from pancreas_multitask.experiment_planning.plans import CPU_PLANS
-from pancreas_multitask.training.run import METRICS_FILE, build_trainer, train
+from pancreas_multitask.training.run import METRICS_FILE, TRAINER_NAME, TRAINERS_FOLDER, build_trainer, train
 from pancreas_multitask.training.schedule import loss_weights
 from pancreas_multitask.training.settings import LossSchedule, MultitaskSettings
 
@@ -65,7 +66,7 @@ def test_early_stopping_stops_at_patience_and_restores_the_best(tiny_prepared, m
     assert "restored the weights of checkpoint_best.pth" in Path(trainer.log_file).read_text()
 
 
-def test_resume_continues_epochs_and_schedule(tiny_prepared, manifest, results) -> None:
+def test_resume_continues_epochs_and_schedule(tiny_prepared, manifest, results, capsys) -> None:
     schedule = LossSchedule(phase1_epochs=1, ramp_epochs=2)
     settings = MultitaskSettings(num_epochs=4, save_every=1, schedule=schedule, **TINY_RUN)
     trainer = _trainer(tiny_prepared, manifest, settings)
@@ -80,6 +81,12 @@ def test_resume_continues_epochs_and_schedule(tiny_prepared, manifest, results) 
     assert frame["w_seg"].tolist() == pytest.approx([0.9, 0.9, 0.7, 0.5])
     assert frame["lrs"].iloc[3] == pytest.approx(1e-3 * (1 - 3 / 4) ** 0.9)  # polynomial decay resumed
     assert torch.load(result.output_folder / "checkpoint_final.pth", weights_only=False)["current_epoch"] == 4
+
+    # a Colab session re-running the notebook (resume=True) after training finished does not train again
+    capsys.readouterr()
+    again = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu", resume=True, final_validation=False)
+    assert "already trained with these settings" in capsys.readouterr().out
+    assert again.stop_reason == result.stop_reason and len(pd.read_csv(again.metrics_file)) == 4
 
 
 def test_subtypes_come_only_from_the_table(tiny_prepared, manifest, results) -> None:
@@ -123,3 +130,22 @@ def test_early_stopping_state_survives_a_resume(tiny_prepared, manifest, results
     frame = pd.read_csv(Path(resumed.output_folder) / METRICS_FILE)
     assert frame["epoch"].tolist() == [0, 1, 2, 3, 4]  # the patience count continued across the resume
     assert "best 0.9000 at epoch 1" in resumed.stop_reason
+
+
+def test_multi_gpu_training_goes_through_nnunet_ddp_launcher(tiny_prepared, manifest, results, monkeypatch) -> None:
+    import nnunetv2.run.run_training as nnunet_run
+
+    calls = []
+    monkeypatch.setattr(nnunet_run, "run_training", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setenv("nnUNet_extTrainer", "my_trainers")  # a user's own trainer folder is kept
+    settings = MultitaskSettings(num_epochs=3, **TINY_RUN)
+    result = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cuda", num_gpus=2)
+    ((args, kwargs),) = calls
+    assert args == (manifest.dataset_name, "3d_fullres", 0, TRAINER_NAME, CPU_PLANS) and kwargs == {"num_gpus": 2, "continue_training": False}
+    assert MultitaskSettings.load(result.output_folder) == settings  # every DDP process reads them from the fold folder
+    assert os.environ["nnUNet_extTrainer"].split(os.pathsep) == [str(TRAINERS_FOLDER), "my_trainers"]
+    # what nnU-Net's DDP workers do to find the trainer (this folder holds trainer code only, so it imports on CPU)
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    found = recursive_find_python_class(str(TRAINERS_FOLDER), TRAINER_NAME, None, base_folder=str(TRAINERS_FOLDER))
+    assert found is not None and found.__name__ == TRAINER_NAME

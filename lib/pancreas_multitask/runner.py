@@ -24,7 +24,7 @@ from nbconvert import HTMLExporter
 from .dataset.phantom import ensure_phantom
 from .io import write_json, write_text
 from .manifest import load_manifest
-from .runtime import HEADLESS_VAR, find_repo_root, git_revision, library_versions
+from .runtime import HEADLESS_VAR, find_repo_root, git_revision, is_headless, library_versions
 
 PROFILES = ("demo", "smoke", "local", "colab")
 
@@ -64,6 +64,23 @@ def load_parameters(params_dir: Path, profile: str, extra: Path | None = None) -
     return params
 
 
+def profile_parameters(profile: str, current: dict[str, Any], params_dir: Path | None = None) -> dict[str, Any]:
+    """For a notebook run by hand (e.g. in Colab): the profile's values of the parameters still at their defaults.
+
+    The notebooks' defaults are the demo profile's, so a parameter equal to its demo value takes the
+    profile's value, and one changed by hand is kept. Headless, ``run_all.sh`` has injected the
+    profile already: nothing changes. Prints what it sets.
+    """
+    if is_headless() or profile == "demo":
+        return {}
+    params_dir = params_dir or find_repo_root() / "notebooks" / "params"
+    demo, chosen = load_parameters(params_dir, "demo"), load_parameters(params_dir, profile)
+    changes = {k: v for k, v in chosen.items() if k in current and k in demo and current[k] == demo[k] and v != demo[k]}
+    for key, value in changes.items():
+        print(f"{profile} profile: {key} = {value!r}")
+    return changes
+
+
 def notebook_parameters(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
     """The subset of ``params`` that the notebook's ``parameters`` cell declares."""
     declared = pm.inspect_notebook(str(notebook))
@@ -76,7 +93,8 @@ def export_html(executed: Path, target: Path) -> None:
     write_text(target, body)
 
 
-def _index_html(record: dict[str, Any]) -> str:
+def _index_html(record: dict[str, Any], reports: list[str]) -> str:
+    links = "".join(f"<li><a href='{html.escape(name)}'>{html.escape(name)}</a></li>" for name in reports)
     rows = "".join(
         f"<tr><td><a href='{html.escape(n['html'])}'>{html.escape(n['notebook'])}</a></td>"
         f"<td>{html.escape(n['status'])}</td><td>{n['seconds']:.1f}</td></tr>"
@@ -91,7 +109,8 @@ def _index_html(record: dict[str, Any]) -> str:
         f"<h1>Run {html.escape(record['run_id'])}</h1>"
         f"<p>Profile <b>{html.escape(record['profile'])}</b>, status <b>{html.escape(record['status'])}</b>, "
         f"git {html.escape(record['git_revision'])}, started {html.escape(record['started'])}.</p>"
-        f"<table><tr><th>notebook</th><th>status</th><th>seconds</th></tr>{rows}</table>"
+        + (f"<h2>Evaluation reports</h2><ul>{links}</ul>" if links else "")
+        + f"<table><tr><th>notebook</th><th>status</th><th>seconds</th></tr>{rows}</table>"
         f"<h2>Parameters</h2><pre>{params}</pre><h2>Library versions</h2><ul>{versions}</ul></body></html>"
     )
 
@@ -130,6 +149,7 @@ def run(repo: Path, profile: str, start: str | None = None, only: str | None = N
         "status": "running",
         "notebooks": [],
     }
+    write_json(run_dir / "run.json", record)  # already now: 04_evaluate records the run's parameters from it
     print(f"run {run_dir.name}: profile {profile}, {len(notebooks)} notebook(s) -> {run_dir.relative_to(repo)}", flush=True)
     status = 0
     for notebook in notebooks:
@@ -167,7 +187,7 @@ def run(repo: Path, profile: str, start: str | None = None, only: str | None = N
     record["status"] = "failed" if status else "ok"
     record["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     write_json(run_dir / "run.json", record)
-    write_text(run_dir / "index.html", _index_html(record))
+    write_text(run_dir / "index.html", _index_html(record, sorted(p.name for p in run_dir.glob("evaluation*.html"))))
     report = run_dir / "evaluation.html"
     print(f"report: {(report if report.exists() else run_dir / 'index.html').relative_to(repo)}", flush=True)
     return status

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -20,10 +21,11 @@ import numpy as np
 import torch
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from ..io import VolumeError, atomic_path, load_volume, write_json, write_text
+from ..io import VolumeError, atomic_path, read_header, write_json, write_text
 from ..runtime import is_headless, progress
 from ..training.network import MultitaskNetwork, build_multitask_network
 from ..training.run import TRAINER_NAME
@@ -32,21 +34,61 @@ from .aggregation import aggregate_class_probabilities, tile_foreground
 
 CSV_NAME = "subtype_results.csv"
 SIDECAR = ".subtype.json"  # per-case class probabilities and timing; the CSV is rebuilt from them
-# sliding-window presets: nnU-Net's defaults, and the two obvious speed knobs (tuned and benchmarked in issue 5)
-MODES = {"accurate": {"tile_step_size": 0.5, "use_mirroring": True}, "fast": {"tile_step_size": 0.75, "use_mirroring": False}}
 
 
-def make_predictor(model_folder: str | Path, mode: str = "accurate", device: str = "cpu", folds: Sequence[int | str] = (0,), checkpoint_name: str = "checkpoint_best.pth") -> "MultitaskPredictor":
-    """A ready predictor for ``mode`` (``accurate`` or ``fast``)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    predictor = MultitaskPredictor(**MODES[mode], device=torch.device(device), allow_tqdm=False)
+@dataclass(frozen=True)
+class InferenceMode:
+    """Sliding-window settings.
+
+    ``mirrors`` picks which flips the mirroring TTA averages (each a tuple of spatial axes) instead
+    of nnU-Net's all 7 combinations of the model's mirror axes. ``tile_batch_size`` > 1 runs that many
+    tiles per forward pass.
+    """
+
+    tile_step_size: float
+    use_mirroring: bool
+    tile_batch_size: int = 1
+    mirrors: tuple[tuple[int, ...], ...] | None = None
+
+
+# accurate: nnU-Net's defaults (step 0.5, mirroring TTA over all 7 flips, one tile per forward).
+# fast: the same tiles, 4 per forward pass, and one flip of all three axes instead of seven.
+# benchmarks/inference_speed.py measures what each knob buys (README table): batching gives the same
+# logits up to float rounding, and the single flip keeps most of TTA's gain at 2 passes per tile.
+MODES = {"accurate": InferenceMode(0.5, True), "fast": InferenceMode(0.5, True, 4, ((0, 1, 2),))}
+
+
+def make_predictor(model_folder: str | Path, mode: str | InferenceMode = "accurate", device: str = "cpu", folds: Sequence[int | str] = (0,), checkpoint_name: str = "checkpoint_best.pth") -> "MultitaskPredictor":
+    """A ready predictor for ``mode`` (``accurate``, ``fast`` or explicit settings)."""
+    if isinstance(mode, str):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+        mode = MODES[mode]
+    predictor = MultitaskPredictor(
+        mode.tile_step_size, use_mirroring=mode.use_mirroring, tile_batch_size=mode.tile_batch_size, mirrors=mode.mirrors, device=torch.device(device), allow_tqdm=False
+    )
     predictor.initialize_from_model_folder(model_folder, folds, checkpoint_name)
     return predictor
 
 
 class MultitaskPredictor(nnUNetPredictor):
     """``nnUNetPredictor`` that also returns the subtype probabilities of each case."""
+
+    def __init__(self, *args, tile_batch_size: int = 1, mirrors: tuple[tuple[int, ...], ...] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tile_batch_size, self.mirrors = tile_batch_size, mirrors
+
+    @torch.inference_mode()
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's mirroring TTA, or the mean over the chosen ``mirrors`` (flips the model allows) and the unflipped pass."""
+        if not (self.use_mirroring and self.mirrors is not None):
+            return super()._internal_maybe_mirror_and_predict(x)
+        allowed = set(self.allowed_mirroring_axes or ())
+        flips = [[a + 2 for a in axes] for axes in self.mirrors if set(axes) <= allowed]
+        prediction = self.network(x)
+        for dims in flips:
+            prediction += torch.flip(self.network(torch.flip(x, dims)), dims)
+        return prediction / (len(flips) + 1)
 
     def initialize_from_model_folder(self, model_folder: str | Path, folds: Sequence[int | str] = (0,), checkpoint_name: str = "checkpoint_best.pth") -> None:
         """Load plans, dataset.json, settings and the folds' weights; build the network with the project's code."""
@@ -80,20 +122,57 @@ class MultitaskPredictor(nnUNetPredictor):
         self._tiles[0].append(module.last_class_logits.float().cpu())
         self._tiles[1].append(tile_foreground(segmentation, module.has_regions).cpu())
 
-    def predict_case(self, image_files: Sequence[str]) -> tuple[np.ndarray, dict, np.ndarray]:
-        """Segmentation in the input's geometry, its properties, and the subtype probabilities."""
+    @torch.inference_mode()
+    def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers, do_on_device: bool = True) -> torch.Tensor:
+        """nnU-Net's sliding window, or the batched one; a failed attempt (nnU-Net retries an out-of-memory
+        one with its results on the CPU) leaves none of its tiles in the subtype average."""
+        collected = len(self._tiles[0])
+        try:
+            if self.tile_batch_size <= 1:
+                return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+            return self._batched_sliding_window(data, slicers, do_on_device)
+        except Exception:
+            del self._tiles[0][collected:], self._tiles[1][collected:]
+            raise
+
+    def _batched_sliding_window(self, data: torch.Tensor, slicers, do_on_device: bool) -> torch.Tensor:
+        """nnU-Net's Gaussian-weighted tile accumulation, with ``tile_batch_size`` tiles per forward pass."""
+        results_device = self.device if do_on_device else torch.device("cpu")
+        data = data.to(results_device)
+        logits = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half, device=results_device)
+        weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
+        gaussian = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1.0 / 8, value_scaling_factor=10, device=results_device) if self.use_gaussian else 1
+        # near-equal batches, so a trailing single tile does not run alone
+        for batch in np.array_split(np.arange(len(slicers)), -(-len(slicers) // self.tile_batch_size)):
+            tiles = torch.stack([data[slicers[i]] for i in batch]).to(self.device)
+            predictions = self._internal_maybe_mirror_and_predict(tiles).to(results_device)
+            for i, prediction in zip(batch, predictions):
+                logits[slicers[i]] += prediction * gaussian
+                weights[slicers[i][1:]] += gaussian
+        torch.div(logits, weights, out=logits)
+        if torch.isinf(logits).any():
+            raise RuntimeError("inf in the predicted logits (fp16 accumulation overflow)")
+        return logits
+
+    def predict_logits(self, image_files: Sequence[str]) -> tuple[torch.Tensor, dict, np.ndarray]:
+        """nnU-Net's preprocessing and sliding window: logits on the preprocessed grid, properties, subtype probabilities."""
         reader = self.plans_manager.image_reader_writer_class()
         data, properties = reader.read_images(list(image_files))
+        if not np.isfinite(data).all():
+            raise VolumeError(f"{image_files[0]}: non-finite voxels (NaN or inf)")
         preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
         data, _, properties = preprocessor.run_case_npy(data, None, properties, self.plans_manager, self.configuration_manager, self.dataset_json)
         self._tiles[0].clear()
         self._tiles[1].clear()
         logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
-        segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
+        probabilities = aggregate_class_probabilities(torch.cat(self._tiles[0]), torch.cat(self._tiles[1])).numpy()
+        return logits, properties, probabilities
+
+    def export_segmentation(self, logits: torch.Tensor, properties: dict) -> np.ndarray:
+        """nnU-Net's export: resample the logits back, labels (regions resolved), uncropped to the input's grid."""
+        return convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.plans_manager, self.configuration_manager, self.label_manager, properties, return_probabilities=False
         )
-        probabilities = aggregate_class_probabilities(torch.cat(self._tiles[0]), torch.cat(self._tiles[1])).numpy()
-        return segmentation, properties, probabilities
 
 
 @dataclass
@@ -129,31 +208,73 @@ def predict_cases(
     out = Path(output_folder)
     out.mkdir(parents=True, exist_ok=True)
     report = PredictionReport()
-    for case_id, image in progress(list(cases)[part_id::num_parts], "predicting", unit="case"):
-        mask, sidecar = out / f"{case_id}{file_ending}", out / f"{case_id}{SIDECAR}"
-        if not overwrite and mask.is_file() and sidecar.is_file():
-            report.skipped.append(case_id)
-            continue
-        start = time.perf_counter()
-        try:
-            volume = load_volume(image)  # names the file if it is unreadable or not 3D
-            if not np.isfinite(volume.data).all():
-                raise VolumeError(f"{image}: non-finite voxels (NaN or inf)")
-            segmentation, properties, probabilities = predictor.predict_case([str(image)])
-        except (VolumeError, RuntimeError, ValueError, OSError) as exc:
-            reason = str(exc) if str(image) in str(exc) else f"{image}: {exc}"
-            report.failed.append(reason)
-            print(f"FAILED {reason}", flush=True)
-            continue
-        with atomic_path(mask) as tmp:
-            predictor.plans_manager.image_reader_writer_class().write_seg(segmentation, str(tmp), properties)
-        seconds = time.perf_counter() - start
-        write_json(sidecar, {"Names": mask.name, "probabilities": [float(p) for p in probabilities], "seconds": seconds})
-        report.predicted.append(case_id)
-        if is_headless():
-            print(f"{case_id}: subtype {int(np.argmax(probabilities))} (p={float(np.max(probabilities)):.2f}) in {seconds:.1f}s", flush=True)
+    # on CUDA the export (resampling back on the CPU, writing) of a case runs in a thread while the GPU
+    # predicts the next case; on CPU both would compete for the same cores, so it runs in line
+    exporter = ThreadPoolExecutor(max_workers=1) if predictor.device.type == "cuda" else None
+    pending: Future | None = None
+    try:
+        for case_id, image in progress(list(cases)[part_id::num_parts], "predicting", unit="case"):
+            mask, sidecar = out / f"{case_id}{file_ending}", out / f"{case_id}{SIDECAR}"
+            if not overwrite and mask.is_file() and sidecar.is_file():
+                report.skipped.append(case_id)
+                continue
+            for stale in (sidecar, mask):  # a case that fails now must not keep an older result
+                stale.unlink(missing_ok=True)
+            start = time.perf_counter()
+            try:
+                read_header(image)  # names the file if it is unreadable or not 3D
+                logits, properties, probabilities = predictor.predict_logits([str(image)])
+            except Exception as exc:  # whatever one input breaks is reported; the other cases still run
+                _failed(report, image, exc)
+                continue
+            if pending is not None:
+                _collect(pending, report)
+            job = (predictor, case_id, image, logits, properties, probabilities, mask, sidecar, start)
+            pending = exporter.submit(_export_case, *job) if exporter else _completed(_export_case(*job))
+        if pending is not None:
+            _collect(pending, report)
+    finally:
+        if exporter is not None:
+            exporter.shutdown()
     write_subtype_csv(out, predictor.subtype_names)
     return report
+
+
+def _completed(value: object) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logits: torch.Tensor, properties: dict, probabilities: np.ndarray, mask: Path, sidecar: Path, start: float) -> tuple[str, Path, dict | Exception]:
+    """Mask, then sidecar, each atomically: a case counts as done only when both exist; a failure leaves neither."""
+    try:
+        segmentation = predictor.export_segmentation(logits, properties)
+        with atomic_path(mask) as tmp:
+            predictor.plans_manager.image_reader_writer_class().write_seg(segmentation, str(tmp), properties)
+        record = {"Names": mask.name, "probabilities": [float(p) for p in probabilities], "seconds": time.perf_counter() - start}
+        write_json(sidecar, record)
+        return case_id, image, record
+    except Exception as exc:
+        mask.unlink(missing_ok=True)
+        return case_id, image, exc
+
+
+def _collect(pending: Future, report: PredictionReport) -> None:
+    case_id, image, outcome = pending.result()
+    if isinstance(outcome, Exception):
+        _failed(report, image, outcome)
+        return
+    report.predicted.append(case_id)
+    if is_headless():
+        probabilities = outcome["probabilities"]
+        print(f"{case_id}: subtype {int(np.argmax(probabilities))} (p={max(probabilities):.2f}) in {outcome['seconds']:.1f}s", flush=True)
+
+
+def _failed(report: PredictionReport, image: Path, exc: Exception) -> None:
+    reason = str(exc) if str(image) in str(exc) else f"{image}: {exc}"
+    report.failed.append(reason)
+    print(f"FAILED {reason}", flush=True)
 
 
 def case_records(output_folder: str | Path) -> list[dict]:

@@ -80,6 +80,7 @@ def build_trainer(
 
 
 TRAINER_NAME = "nnUNetTrainerMultitask"
+TRAINERS_FOLDER = Path(__file__).parent / "trainers"  # what nnUNet_extTrainer points at
 DONE_FILE = "training_done.json"
 
 
@@ -100,10 +101,15 @@ def train(
     resume: bool = False,
     final_validation: bool = True,
     force: bool = False,
+    num_gpus: int = 1,
 ) -> TrainingResult:
     """Train (or resume) one fold, restore the selected checkpoint and run nnU-Net's full-volume validation.
 
-    A fold that already finished with the same settings is not trained again unless ``force``.
+    ``num_gpus`` > 1 trains with nnU-Net's own DDP launcher (``run_training(..., num_gpus=N)``, what
+    ``nnUNetv2_train -num_gpus N`` does), which finds the trainer by name through ``nnUNet_extTrainer``.
+
+    A fold that already finished with the same settings is not trained again unless ``force``, also
+    with ``resume`` (a Colab session re-running the notebook after training finished skips it).
     """
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
@@ -111,7 +117,7 @@ def train(
     done = output / DONE_FILE
     summary = output / "validation" / "summary.json"
     record = {"settings": json.loads(json.dumps(settings.to_dict())), "inputs": training_inputs(paths, manifest, plans_name)}
-    if not (force or resume) and done.is_file() and (summary.is_file() or not final_validation):
+    if not force and done.is_file() and (summary.is_file() or not final_validation):
         previous = json.loads(done.read_text())
         if {k: previous.get(k) for k in record} == record:
             print(f"already trained with these settings and data ({output}); force=True retrains", flush=True)
@@ -119,6 +125,10 @@ def train(
     done.unlink(missing_ok=True)  # from here on the fold is not finished
 
     seed_everything(settings.seed)
+    if num_gpus > 1:
+        stop_reason = train_ddp(manifest, plans_name, settings, fold, num_gpus, resume, output)
+        write_json(done, {**record, "stop_reason": stop_reason})
+        return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary)
     trainer = build_trainer(paths.nnunet_preprocessed / manifest.dataset_name, plans_name, fold, device, continue_training=resume)
     trainer.configure(settings)
     if resume:
@@ -129,6 +139,21 @@ def train(
     stop_reason = trainer.stop_reason or f"reached the maximum of {trainer.num_epochs} epochs"
     write_json(done, {**record, "stop_reason": stop_reason})
     return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary if final_validation else None)
+
+
+def train_ddp(manifest: Manifest, plans_name: str, settings: MultitaskSettings, fold: int | str, num_gpus: int, resume: bool, output: Path) -> str:
+    """Multi-GPU training through nnU-Net's DDP launcher; the trainer reads ``settings`` from the fold folder.
+
+    nnU-Net's launcher always runs its final validation (with the restored best weights) and trains on CUDA.
+    """
+    from nnunetv2.run.run_training import run_training
+
+    output.mkdir(parents=True, exist_ok=True)
+    settings.save(output)  # nnUNetTrainerMultitask.__init__ loads them in every DDP process
+    searched = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p and p != str(TRAINERS_FOLDER)]
+    os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINERS_FOLDER), *searched])
+    run_training(manifest.dataset_name, CONFIGURATION, fold, TRAINER_NAME, plans_name, num_gpus=num_gpus, continue_training=resume)
+    return f"trained on {num_gpus} GPUs with nnU-Net's DDP; the stop reason is in the training log"
 
 
 def training_inputs(paths: ProfilePaths, manifest: Manifest, plans_name: str) -> str:
@@ -149,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="override the profile's epochs")
     parser.add_argument("--c", dest="resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument("--force", action="store_true", help="retrain even if this fold finished with the same settings and data")
+    parser.add_argument("--num_gpus", type=int, default=1, help="GPUs for nnU-Net's DDP training (default 1)")
     args = parser.parse_args(argv)
     params = yaml.safe_load((Path("notebooks") / "params" / f"{args.profile}.yaml").read_text()) or {}
     if args.params:
@@ -161,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_nnunet(paths, device)
     settings = settings_from_parameters(params, len(manifest.subtypes))
     fold = args.fold if args.fold == "all" else int(args.fold)
-    result = train(manifest, paths, params.get("plans", "nnUNetResEncUNetMPlans"), settings, fold, device, args.resume, force=args.force)
+    result = train(manifest, paths, params.get("plans", "nnUNetResEncUNetMPlans"), settings, fold, device, args.resume, force=args.force, num_gpus=args.num_gpus)
     print(f"{result.stop_reason}\nmodel: {result.output_folder}\nper-epoch metrics: {result.metrics_file}")
 
 

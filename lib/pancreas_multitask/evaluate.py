@@ -1,0 +1,98 @@
+"""Evaluate predictions against ground truth: ``metrics.json``, ``per_case.csv`` and ``evaluation.html``.
+
+Seed-compatible interface::
+
+    python -m pancreas_multitask.evaluate --validation_data GT_DIR --prediction_folder PRED_DIR \\
+        --prediction_csv CSV --output_folder OUT
+
+``GT_DIR`` is in the quiz layout (``subtypeK/`` folders give the true class). For the test split,
+``--answer_key subtype_labels.csv [--answer_masks DIR] [--images DIR]`` replaces ``--validation_data``
+(``--answer_key`` may also be the folder holding ``subtype_labels.csv`` and ``masks/``, as the phantom writes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .evaluation.ground_truth import ANSWER_KEY_CSV, ANSWER_KEY_MASKS
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pancreas_multitask.evaluate", description=__doc__.split("\n\n")[0])
+    truth = parser.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--validation_data", type=Path, help="ground truth in the quiz layout: GT_DIR/subtypeK/<case>.nii.gz")
+    truth.add_argument("--answer_key", type=Path, help=f"answer-key CSV (Names, Subtype) for the test split, or the folder holding {ANSWER_KEY_CSV}")
+    parser.add_argument("--answer_masks", type=Path, help=f"the answer key's mask folder (default: '{ANSWER_KEY_MASKS}' beside the CSV)")
+    parser.add_argument("--images", type=Path, help="images (<case>_0000.nii.gz) for the answer key's overlays")
+    parser.add_argument("--prediction_folder", type=Path, required=True, help="predicted masks <case>.nii.gz")
+    parser.add_argument("--prediction_csv", type=Path, required=True, help="predicted subtypes: Names, Subtype[, prob_*]")
+    parser.add_argument("--output_folder", type=Path, required=True, help="where metrics.json, per_case.csv and evaluation.html go")
+    parser.add_argument("--checkpoint_split", default="validation", help="the split the checkpoint was selected on (default: validation)")
+    parser.add_argument("--evaluated_split", help="the split evaluated (default: the ground-truth folder's name, or 'test' for an answer key)")
+    parser.add_argument("--training_metrics", type=Path, help="the trainer's per-epoch training_metrics.csv, for the report's curves")
+    parser.add_argument("--inference_json", type=Path, help="inference.json, for the report's timing table")
+    parser.add_argument("--benchmark_json", type=Path, help="a benchmark JSON with a 'rows' list, for the report")
+    parser.add_argument("--manifest", type=Path, help="data_manifest.yaml, hashed into the report's provenance")
+    parser.add_argument("--profile", help="the profile, for the provenance")
+    parser.add_argument("--device", help="the device the model ran on, for the provenance")
+    parser.add_argument("--worst_n", type=int, default=3, help="worst cases shown as overlays (default: 3)")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    args = parser.parse_args(argv)
+    if args.answer_key is None and (args.answer_masks is not None or args.images is not None):
+        parser.error("--answer_masks and --images go with --answer_key")
+    return args
+
+
+def summary_lines(summary: dict, written: list[Path]) -> list[str]:
+    """The short summary the CLI prints."""
+    from .evaluation.report import fmt, fmt_ci
+
+    lines = [f"cases: {summary['n_ground_truth_cases']} in the ground truth, {summary['segmentation']['dsc_pancreas']['n']} with a predicted mask"]
+    for target in summary["targets"].values():
+        status = "n/a" if target["passed"] is None else ("PASS" if target["passed"] else "FAIL")
+        lines.append(f"{target['label']}: {fmt(target['value'])} {fmt_ci(target['ci95'])} (target >= {target['threshold']:.2f}) {status}")
+    if summary["classification"] is not None:
+        lines.append(f"subtype accuracy: {fmt(summary['classification']['accuracy'])}")
+    lines.append(f"missing predictions: {len(summary['missing_predictions'])}, without ground truth: {len(summary['unexpected_predictions'])}")
+    lines += [f"wrote {path}" for path in written]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .evaluation.evaluate import METRICS_JSON, PER_CASE_CSV, evaluate_folder
+    from .evaluation.ground_truth import read_answer_key, read_quiz_layout
+    from .evaluation.report import REPORT_NAME, collect_provenance, write_report
+
+    try:
+        if args.validation_data is not None:
+            cases, source = read_quiz_layout(args.validation_data), str(args.validation_data)
+            evaluated = args.evaluated_split or args.validation_data.resolve().name
+        else:
+            key = args.answer_key / ANSWER_KEY_CSV if args.answer_key.is_dir() else args.answer_key
+            masks = args.answer_masks or key.parent / ANSWER_KEY_MASKS
+            cases, source = read_answer_key(key, masks, args.images), f"{key} (masks: {masks})"
+            evaluated = args.evaluated_split or "test"
+        result = evaluate_folder(cases, args.prediction_folder, args.prediction_csv, args.output_folder, resamples=args.resamples, seed=args.seed, ground_truth_source=source)
+        parameters = {key: str(value) for key, value in vars(args).items() if value is not None}
+        provenance = collect_provenance(Path(__file__).resolve().parents[2], args.manifest, args.profile, parameters, args.device)
+        report = write_report(
+            result, args.output_folder / REPORT_NAME, checkpoint_split=args.checkpoint_split, evaluated_split=evaluated,
+            training_metrics=args.training_metrics, inference=args.inference_json, benchmark=args.benchmark_json,
+            provenance=provenance, worst_n=args.worst_n,
+        )
+    except (ValueError, FileNotFoundError) as exc:  # VolumeError and JSONDecodeError are ValueErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(summary_lines(result.summary, [args.output_folder / METRICS_JSON, args.output_folder / PER_CASE_CSV, report])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

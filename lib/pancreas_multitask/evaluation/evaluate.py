@@ -1,0 +1,201 @@
+"""Evaluate a prediction folder and its subtype CSV against ground truth: per-case table and summary.
+
+Matching is by case id. A ground-truth case without a predicted mask or CSV row is listed in
+``missing_predictions``, a prediction without ground truth in ``unexpected_predictions``; both are
+printed, and the metrics use the cases that have what they need (Dice: both masks; classification:
+a true and a predicted subtype). Targets pass when the point estimate reaches the threshold.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..io import write_json, write_text
+from ..runtime import progress
+from .ground_truth import FILE_ENDING, GroundTruthCase, case_id, read_names_csv
+from .metrics import classification_metrics, evaluate_case, macro_f1_ci, mean_ci
+
+TARGETS = {"dsc_pancreas": 0.91, "dsc_lesion": 0.31, "macro_f1": 0.70}
+TARGET_LABELS = {"dsc_pancreas": "whole-pancreas DSC", "dsc_lesion": "lesion DSC", "macro_f1": "subtype macro-F1"}
+PER_CASE_COLUMNS = ["case", "mask_file", "image_file", "gt_file", "pred_file", "subtype_true", "subtype_pred", "prob_pred", "dsc_pancreas", "dsc_lesion"]
+METRICS_JSON, PER_CASE_CSV = "metrics.json", "per_case.csv"
+PROB_PREFIX = "prob_"
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """``summary`` is what ``metrics.json`` holds; ``per_case`` what ``per_case.csv`` holds."""
+
+    summary: dict[str, Any]
+    per_case: pd.DataFrame
+    class_names: list[str]
+
+
+def predicted_masks(prediction_folder: Path) -> dict[str, Path]:
+    """``case id -> file`` for the masks in a prediction folder (hidden temporaries left out)."""
+    if not prediction_folder.is_dir():
+        raise FileNotFoundError(f"{prediction_folder}: prediction folder not found")
+    return {case_id(p.name): p for p in sorted(prediction_folder.glob(f"*{FILE_ENDING}")) if not p.name.startswith(".")}
+
+
+def _class_names(frame: pd.DataFrame, ground_truth: Sequence[GroundTruthCase], given: Sequence[str] | None) -> list[str]:
+    if given is not None:
+        return list(given)
+    probs = [c.removeprefix(PROB_PREFIX) for c in frame.columns if c.startswith(PROB_PREFIX)]
+    if probs:
+        return probs
+    top = max([c.subtype for c in ground_truth] + frame["Subtype"].tolist())
+    return [f"subtype{k}" for k in range(top + 1)]
+
+
+def _check_labels(values: Sequence[int], num_classes: int, where: str) -> None:
+    bad = sorted({int(v) for v in values if not 0 <= int(v) < num_classes})
+    if bad:
+        raise ValueError(f"{where}: subtype(s) {bad} outside the {num_classes} classes 0..{num_classes - 1}")
+
+
+def match_cases(ground_truth: Sequence[GroundTruthCase], masks: dict[str, Path], rows: dict[str, pd.Series], prediction_folder: Path, csv_file: Path) -> tuple[list[dict], list[dict]]:
+    """(missing, unexpected): each a list of ``{"case", "kind": "mask" | "csv_row", "file"}``.
+
+    ``file`` is the expected mask path or the CSV for a missing prediction, the file found for an unexpected one.
+    """
+    truth = {c.case for c in ground_truth}
+    missing, unexpected = [], []
+    for c in ground_truth:
+        if c.case not in masks:
+            missing.append({"case": c.case, "kind": "mask", "file": str(prediction_folder / c.mask_file)})
+        if c.case not in rows:
+            missing.append({"case": c.case, "kind": "csv_row", "file": str(csv_file)})
+    unexpected += [{"case": case, "kind": "mask", "file": str(path)} for case, path in masks.items() if case not in truth]
+    unexpected += [{"case": case, "kind": "csv_row", "file": str(csv_file)} for case in rows if case not in truth]
+    return missing, unexpected
+
+
+def per_case_table(ground_truth: Sequence[GroundTruthCase], masks: dict[str, Path], rows: dict[str, pd.Series], prob_columns: Sequence[str]) -> pd.DataFrame:
+    """One row per ground-truth case (``PER_CASE_COLUMNS``); absent predictions leave empty cells."""
+    records = []
+    for c in progress(ground_truth, "evaluate", unit="case"):
+        pred_file, row = masks.get(c.case), rows.get(c.case)
+        dsc = evaluate_case(c.gt_file, pred_file) if pred_file is not None else {"dsc_pancreas": math.nan, "dsc_lesion": math.nan}
+        subtype_pred = int(row["Subtype"]) if row is not None else None
+        prob = float(row[prob_columns[subtype_pred]]) if row is not None and subtype_pred < len(prob_columns) else math.nan
+        records.append({
+            "case": c.case, "mask_file": c.mask_file, "image_file": str(c.image_file or ""), "gt_file": str(c.gt_file),
+            "pred_file": str(pred_file or ""), "subtype_true": c.subtype, "subtype_pred": subtype_pred, "prob_pred": prob, **dsc,
+        })
+    frame = pd.DataFrame.from_records(records, columns=PER_CASE_COLUMNS)
+    frame["subtype_pred"] = frame["subtype_pred"].astype("Int64")
+    return frame
+
+
+def segmentation_summary(values: pd.Series, resamples: int, seed: int) -> dict[str, Any]:
+    """n, mean, median and the bootstrap 95 % CI of the mean of one per-case Dice column."""
+    values = values.dropna().to_numpy(dtype=float)
+    if len(values) == 0:
+        return {"n": 0, "mean": None, "median": None, "ci95": None}
+    return {"n": len(values), "mean": float(values.mean()), "median": float(np.median(values)), "ci95": list(mean_ci(values, resamples=resamples, seed=seed))}
+
+
+def classification_summary(frame: pd.DataFrame, class_names: Sequence[str], resamples: int, seed: int) -> dict[str, Any] | None:
+    """Classification metrics with the macro-F1's bootstrap CI, over the cases with a predicted subtype."""
+    known = frame.dropna(subset=["subtype_pred"])
+    if known.empty:
+        return None
+    y_true, y_pred = known["subtype_true"].to_numpy(dtype=int), known["subtype_pred"].to_numpy(dtype=int)
+    metrics = classification_metrics(y_true, y_pred, len(class_names))
+    for entry in metrics["per_class"]:
+        entry["name"] = class_names[entry["label"]]
+    return {"n": len(known), **metrics, "macro_f1_ci95": list(macro_f1_ci(y_true, y_pred, len(class_names), resamples=resamples, seed=seed)), "class_names": list(class_names)}
+
+
+def target_table(segmentation: dict[str, dict], classification: dict | None, complete: bool = True) -> dict[str, dict[str, Any]]:
+    """Each target's threshold, value (point estimate), CI and pass/fail (None when not available).
+
+    With cases missing a mask or a CSV row (``complete`` False) no target passes: the means leave
+    those cases out and would flatter the run.
+    """
+    values = {
+        "dsc_pancreas": (segmentation["dsc_pancreas"]["mean"], segmentation["dsc_pancreas"]["ci95"]),
+        "dsc_lesion": (segmentation["dsc_lesion"]["mean"], segmentation["dsc_lesion"]["ci95"]),
+        "macro_f1": (classification["macro_f1"], classification["macro_f1_ci95"]) if classification else (None, None),
+    }
+    return {
+        key: {"label": TARGET_LABELS[key], "threshold": threshold, "value": values[key][0], "ci95": values[key][1],
+              "passed": None if values[key][0] is None else bool(complete and values[key][0] >= threshold)}
+        for key, threshold in TARGETS.items()
+    }
+
+
+def evaluate_folder(
+    ground_truth: Sequence[GroundTruthCase],
+    prediction_folder: str | os.PathLike[str],
+    prediction_csv: str | os.PathLike[str],
+    output_folder: str | os.PathLike[str] | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+    ground_truth_source: str = "",
+) -> EvaluationResult:
+    """Score predicted masks and subtypes against ``ground_truth``; write ``metrics.json`` and ``per_case.csv`` to ``output_folder``.
+
+    ``class_names`` default: the CSV's ``prob_*`` columns, else ``subtypeK`` up to the largest label.
+    ``ground_truth_source`` (e.g. the quiz folder or the answer-key CSV) is recorded in the summary.
+    """
+    prediction_folder, prediction_csv = Path(prediction_folder), Path(prediction_csv)
+    if not ground_truth:
+        raise ValueError("no ground-truth cases to evaluate")
+    masks = predicted_masks(prediction_folder)
+    frame = read_names_csv(prediction_csv)
+    names = _class_names(frame, ground_truth, class_names)
+    _check_labels([c.subtype for c in ground_truth], len(names), "ground truth")
+    _check_labels(frame["Subtype"], len(names), str(prediction_csv))
+    rows = {case_id(row["Names"]): row for _, row in frame.iterrows()}
+    missing, unexpected = match_cases(ground_truth, masks, rows, prediction_folder, prediction_csv)
+    for entry in missing:
+        print(f"missing prediction: {entry['case']} has no {entry['kind'].replace('_', ' ')} ({entry['file']})", flush=True)
+    for entry in unexpected:
+        print(f"unexpected prediction: {entry['case']} ({entry['kind'].replace('_', ' ')} in {entry['file']}) has no ground truth", flush=True)
+
+    per_case = per_case_table(ground_truth, masks, rows, [c for c in frame.columns if c.startswith(PROB_PREFIX)])
+    segmentation = {key: segmentation_summary(per_case[key], resamples, seed) for key in ("dsc_pancreas", "dsc_lesion")}
+    classification = classification_summary(per_case, names, resamples, seed)
+    summary = {
+        "sources": {"ground_truth": ground_truth_source, "prediction_folder": str(prediction_folder), "prediction_csv": str(prediction_csv)},
+        "n_ground_truth_cases": len(ground_truth),
+        "segmentation": segmentation,
+        "classification": classification,
+        "targets": target_table(segmentation, classification, complete=not missing),
+        "missing_predictions": missing,
+        "unexpected_predictions": unexpected,
+        "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "method": "percentile, cases resampled with replacement"},
+        "dice_convention": "both masks empty -> 1.0, exactly one empty -> 0.0",
+    }
+    result = EvaluationResult(summary=summary, per_case=per_case, class_names=names)
+    if output_folder is not None:
+        write_outputs(result, output_folder)
+    return result
+
+
+def write_outputs(result: EvaluationResult, output_folder: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``metrics.json`` and ``per_case.csv`` in ``output_folder``, each written atomically."""
+    output_folder = Path(output_folder)
+    buffer = io.StringIO()
+    result.per_case.to_csv(buffer, index=False, na_rep="", lineterminator="\n")
+    write_text(output_folder / PER_CASE_CSV, buffer.getvalue())
+    write_json(output_folder / METRICS_JSON, result.summary)
+    return output_folder / METRICS_JSON, output_folder / PER_CASE_CSV
+
+
+def worst_first(per_case: pd.DataFrame) -> pd.DataFrame:
+    """Cases ordered worst first by the lower of their two DSCs (ties: whole-pancreas DSC); cases without a predicted mask lead."""
+    key = per_case[["dsc_pancreas", "dsc_lesion"]].min(axis=1, skipna=False)
+    return per_case.assign(_key=key).sort_values(["_key", "dsc_pancreas", "case"], na_position="first", kind="stable").drop(columns="_key")

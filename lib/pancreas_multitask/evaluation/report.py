@@ -1,0 +1,242 @@
+"""The evaluation report: one standalone HTML file (Jinja2, inline CSS, figures as base64 PNG, no URL).
+
+A missing optional input (training curves, inference timing, benchmark, provenance) leaves its
+section saying "not available" instead of failing.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from matplotlib.figure import Figure
+
+from ..io import write_text
+from ..runtime import git_revision, library_versions
+from ..visualization import training_curves
+from .evaluate import EvaluationResult, worst_first
+from .figures import confusion_heatmap, dsc_by_subtype, worst_case_montage
+
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATE = "report.html.j2"
+REPORT_NAME = "evaluation.html"
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """How the report writes a number: ``digits`` decimals, ``n/a`` for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    return f"{float(value):.{digits}f}"
+
+
+def fmt_ci(ci: Sequence[float] | None) -> str:
+    """``[low, high]`` as the report writes a 95 % interval."""
+    return "n/a" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def figure_data_uri(fig: Figure, dpi: int = 90) -> str:
+    """The figure as a ``data:image/png;base64,...`` URI (closed afterwards)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+LONG_LIST = 6  # longer lists of plain values are summarised in a table cell
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return f"{len(value)} values" if len(value) > LONG_LIST else ", ".join(_cell(v) for v in value)
+    if isinstance(value, Mapping):
+        return json.dumps(value, default=str)
+    return "n/a" if value is None else str(value)
+
+
+def _is_records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def records_table(records: Sequence[Mapping[str, Any]], title: str) -> dict[str, Any]:
+    """A list of dicts as one table; the columns are the union of their keys, in order of appearance."""
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    return {"title": title, "columns": columns, "rows": [[_cell(r.get(c)) for c in columns] for r in records]}
+
+
+def mapping_tables(data: Mapping[str, Any], title: str) -> list[dict[str, Any]]:
+    """Generic tables for a JSON object: plain values as key/value rows; a list of dicts or a dict of dicts as a table each; other dicts recursively."""
+    tables = []
+    plain = [[key, _cell(value)] for key, value in data.items() if not isinstance(value, Mapping) and not _is_records(value)]
+    if plain:
+        tables.append({"title": title, "columns": ["", "value"], "rows": plain})
+    for key, value in data.items():
+        if _is_records(value):
+            tables.append(records_table(value, f"{title}: {key}"))
+        elif isinstance(value, Mapping) and value and all(isinstance(v, Mapping) for v in value.values()):
+            table = records_table(list(value.values()), f"{title}: {key}")
+            tables.append({**table, "columns": ["", *table["columns"]], "rows": [[name, *row] for name, row in zip(value, table["rows"])]})
+        elif isinstance(value, Mapping) and value:
+            tables += mapping_tables(value, f"{title}: {key}")
+    return tables
+
+
+def benchmark_tables(benchmark: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The benchmark's ``rows`` (a list of dicts) as one table, everything else as ``mapping_tables``; None without ``rows``."""
+    if not _is_records(benchmark.get("rows")):
+        return None
+    return [records_table(benchmark["rows"], "benchmark")] + mapping_tables({k: v for k, v in benchmark.items() if k != "rows"}, "benchmark settings")
+
+
+def _load_json(value: Mapping[str, Any] | str | os.PathLike[str] | None) -> tuple[Mapping[str, Any] | None, str]:
+    """(data, why not available)."""
+    if value is None:
+        return None, "not given"
+    if isinstance(value, Mapping):
+        return value, ""
+    path = Path(value)
+    if not path.is_file():
+        return None, f"file not found: {path}"
+    return json.loads(path.read_text()), ""
+
+
+def collect_provenance(repo_root: str | os.PathLike[str], manifest_path: str | os.PathLike[str] | None, profile: str | None, parameters: Mapping[str, Any] | None, device: str | None) -> dict[str, Any]:
+    """Git revision, profile, parameters, the manifest's sha256, library versions, device and date, for the report."""
+    manifest = Path(manifest_path) if manifest_path is not None else None
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest is not None and manifest.is_file() else "not available"
+    return {
+        "git_revision": git_revision(repo_root),
+        "profile": profile or "not recorded",
+        "device": device or "not recorded",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "manifest": str(manifest) if manifest is not None else "not recorded",
+        "manifest_sha256": digest,
+        "parameters": dict(parameters or {}),
+        "library_versions": library_versions(),
+    }
+
+
+def _splits_line(checkpoint_split: str, evaluated_split: str) -> tuple[str, bool]:
+    """The line naming both splits, and whether they are the same split (first word compared)."""
+    first = [text.strip().lower().split()[0] if text.strip() else "" for text in (checkpoint_split, evaluated_split)]
+    return f"Checkpoint selected on: {checkpoint_split}. Evaluated split: {evaluated_split}.", bool(first[0]) and first[0] == first[1]
+
+
+def _summary_rows(result: EvaluationResult) -> list[dict[str, str]]:
+    rows = []
+    for target in result.summary["targets"].values():
+        status = "not available" if target["passed"] is None else ("pass" if target["passed"] else "fail")
+        rows.append({"label": target["label"], "value": fmt(target["value"]), "ci": fmt_ci(target["ci95"]), "target": f"≥ {target['threshold']:.2f}", "status": status})
+    return rows
+
+
+def _per_case_rows(result: EvaluationResult) -> list[dict[str, Any]]:
+    rows = []
+    for _, case in worst_first(result.per_case).iterrows():
+        predicted = None if pd.isna(case["subtype_pred"]) else int(case["subtype_pred"])
+        rows.append({
+            "case": case["case"], "true": result.class_names[int(case["subtype_true"])],
+            "pred": "n/a" if predicted is None else result.class_names[predicted], "prob": fmt(case["prob_pred"], 2),
+            "dsc_pancreas": fmt(case["dsc_pancreas"]), "dsc_lesion": fmt(case["dsc_lesion"]),
+            "misclassified": predicted is not None and predicted != int(case["subtype_true"]),
+            "no_mask": not case["pred_file"],
+        })
+    return rows
+
+
+def _classification(result: EvaluationResult) -> dict[str, Any] | None:
+    summary = result.summary["classification"]
+    if summary is None:
+        return None
+    per_class = [{"name": c["name"], "precision": fmt(c["precision"]), "recall": fmt(c["recall"]), "f1": fmt(c["f1"]), "support": c["support"]} for c in summary["per_class"]]
+    return {"n": summary["n"], "macro_f1": fmt(summary["macro_f1"]), "macro_f1_ci": fmt_ci(summary["macro_f1_ci95"]), "accuracy": fmt(summary["accuracy"]),
+            "per_class": per_class, "heatmap": figure_data_uri(confusion_heatmap(summary["confusion_matrix"], result.class_names))}
+
+
+def _training(training_metrics: pd.DataFrame | str | os.PathLike[str] | None) -> tuple[str | None, str]:
+    if training_metrics is None:
+        return None, "not given"
+    if not isinstance(training_metrics, pd.DataFrame):
+        path = Path(training_metrics)
+        if not path.is_file():
+            return None, f"file not found: {path}"
+        training_metrics = pd.read_csv(path)
+    try:
+        return figure_data_uri(training_curves(training_metrics)), ""
+    except KeyError as exc:
+        plt.close("all")
+        return None, f"the per-epoch file lacks the column {exc}"
+
+
+def write_report(
+    result: EvaluationResult,
+    output_html: str | os.PathLike[str],
+    *,
+    checkpoint_split: str,
+    evaluated_split: str,
+    training_metrics: pd.DataFrame | str | os.PathLike[str] | None = None,
+    inference: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    benchmark: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    worst_n: int = 3,
+) -> Path:
+    """Render the report to ``output_html`` (atomically) and return its path.
+
+    ``training_metrics``: the trainer's per-epoch CSV (path or frame); ``inference``: ``inference.json``
+    (path or dict); ``benchmark``: a JSON whose ``rows`` list becomes a table; ``provenance``: see
+    ``collect_provenance``. The worst cases are ordered by the lower of their two DSCs.
+    """
+    output_html = Path(output_html)
+    summary = result.summary
+    splits, same_split = _splits_line(checkpoint_split, evaluated_split)
+    inference_data, inference_missing = _load_json(inference)
+    benchmark_data, benchmark_missing = _load_json(benchmark)
+    benchmark_content = benchmark_tables(benchmark_data) if benchmark_data is not None else None
+    if benchmark_data is not None and benchmark_content is None:
+        benchmark_missing = "the benchmark JSON has no 'rows' list"
+    worst = worst_first(result.per_case)
+    worst = worst[worst["pred_file"].astype(bool)].head(worst_n)
+    segmentation = summary["segmentation"]
+    context = {
+        "title": f"Evaluation: {evaluated_split}",
+        "splits": splits,
+        "optimistic": same_split,
+        "n_ground_truth": summary["n_ground_truth_cases"],
+        "n_segmentation": segmentation["dsc_pancreas"]["n"],
+        "summary_rows": _summary_rows(result),
+        "medians": {"pancreas": fmt(segmentation["dsc_pancreas"]["median"]), "lesion": fmt(segmentation["dsc_lesion"]["median"])},
+        "bootstrap": summary["bootstrap"],
+        "missing": summary["missing_predictions"],
+        "unexpected": summary["unexpected_predictions"],
+        "sources": summary["sources"],
+        "classification": _classification(result),
+        "dsc_figure": figure_data_uri(dsc_by_subtype(result.per_case, result.class_names)) if segmentation["dsc_pancreas"]["n"] else None,
+        "per_case": _per_case_rows(result),
+        "montage": figure_data_uri(worst_case_montage(worst, result.class_names)) if len(worst) else None,
+        "worst_n": len(worst),
+        "inference_tables": mapping_tables(inference_data, "inference") if inference_data is not None else None,
+        "inference_missing": inference_missing,
+        "benchmark_tables": benchmark_content,
+        "benchmark_missing": benchmark_missing,
+        "provenance_tables": mapping_tables(provenance, "provenance") if provenance else None,
+    }
+    # last: training_curves sets seaborn's theme, which would restyle the figures above
+    context["training_figure"], context["training_missing"] = _training(training_metrics)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    write_text(output_html, env.get_template(TEMPLATE).render(**context))
+    return output_html

@@ -1,0 +1,353 @@
+"""Evaluation: Dice convention, classification metrics, bootstrap CIs, geometry checks, case matching,
+agreement with nnU-Net's evaluator, and the seed-compatible CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from pancreas_multitask.evaluation.evaluate import PER_CASE_COLUMNS, evaluate_folder, worst_first
+from pancreas_multitask.evaluation.ground_truth import read_answer_key, read_quiz_layout
+from pancreas_multitask.evaluation.metrics import (
+    bootstrap_ci, classification_metrics, dice, evaluate_case, macro_f1_batch, macro_f1_ci, mean_ci, region_dices,
+)
+
+SHAPE = (8, 10, 12)
+AFFINE = np.diag([1.5, 1.0, 2.0, 1.0])
+QUIRK = 1.0000152587890625
+
+
+def save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE, dtype: type = np.float32) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+    return path
+
+
+def reference_labels() -> np.ndarray:
+    """8 pancreas voxels and 4 lesion voxels (12 foreground)."""
+    labels = np.zeros(SHAPE, dtype=np.float32)
+    labels[0:2, 0:2, 0:2] = 1
+    labels[2:3, 0:2, 0:2] = 2
+    return labels
+
+
+def write_csv(path: Path, rows: list[tuple[str, int, tuple[float, float, float]]]) -> Path:
+    lines = ["Names,Subtype,prob_subtype0,prob_subtype1,prob_subtype2"]
+    lines += [f"{name},{subtype},{p[0]:.6f},{p[1]:.6f},{p[2]:.6f}" for name, subtype, p in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- Dice
+
+
+def test_dice_on_hand_made_masks() -> None:
+    gt = np.zeros(SHAPE, dtype=bool)
+    gt[0:2, 0:2, 0:2] = True  # 8 voxels
+    inside = np.zeros(SHAPE, dtype=bool)
+    inside[0:1, 0:2, 0:2] = True  # 4 voxels, all inside
+    assert dice(inside, gt) == pytest.approx(2 * 4 / (4 + 8))
+    shifted = np.zeros(SHAPE, dtype=bool)
+    shifted[1:3, 0:2, 0:2] = True  # 8 voxels, 4 of them overlap
+    assert dice(shifted, gt) == pytest.approx(2 * 4 / 16)
+    assert dice(gt, gt) == 1.0
+    empty = np.zeros(SHAPE, dtype=bool)
+    assert dice(empty, empty) == 1.0  # nothing to find, nothing predicted
+    assert dice(empty, gt) == 0.0 and dice(gt, empty) == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        dice(gt, gt[:-1])
+
+
+def test_whole_pancreas_counts_the_lesion_and_lesion_is_label_2() -> None:
+    gt = reference_labels().astype(int)
+    all_pancreas = np.where(gt > 0, 1, 0)  # the lesion predicted as pancreas
+    assert region_dices(all_pancreas, gt) == {"dsc_pancreas": 1.0, "dsc_lesion": 0.0}
+    all_lesion = np.where(gt > 0, 2, 0)
+    assert region_dices(all_lesion, gt) == {"dsc_pancreas": 1.0, "dsc_lesion": pytest.approx(2 * 4 / (4 + 12))}
+
+
+def test_float_ground_truth_is_rounded(tmp_path: Path) -> None:
+    clean = reference_labels()
+    quirky = np.where(clean == 1, QUIRK, np.where(clean == 2, 2 - 1.52587890625e-05, clean)).astype(np.float32)
+    assert (quirky != clean).any()
+    pred = save(tmp_path / "pred.nii.gz", clean, dtype=np.uint8)
+    result = evaluate_case(save(tmp_path / "gt.nii.gz", quirky), pred)
+    assert result == {"dsc_pancreas": 1.0, "dsc_lesion": 1.0}
+
+
+def test_geometry_mismatch_names_both_files(tmp_path: Path) -> None:
+    gt = save(tmp_path / "truth" / "case.nii.gz", reference_labels())
+    small = save(tmp_path / "pred_shape" / "case.nii.gz", reference_labels()[:, :, :-1], dtype=np.uint8)
+    with pytest.raises(ValueError, match="shape") as info:
+        evaluate_case(gt, small)
+    assert str(gt) in str(info.value) and str(small) in str(info.value)
+    moved = AFFINE.copy()
+    moved[0, 3] = 1.0  # origin 1 mm away
+    shifted = save(tmp_path / "pred_affine" / "case.nii.gz", reference_labels(), moved, dtype=np.uint8)
+    with pytest.raises(ValueError, match="affine") as info:
+        evaluate_case(gt, shifted)
+    assert str(gt) in str(info.value) and str(shifted) in str(info.value)
+    rounding = AFFINE.copy()
+    rounding[0, 3] = 1e-5  # float noise of a writer is not a mismatch
+    assert evaluate_case(gt, save(tmp_path / "pred_ok" / "case.nii.gz", reference_labels(), rounding, dtype=np.uint8))["dsc_pancreas"] == 1.0
+
+
+# ---------------------------------------------------------------- classification and bootstrap
+
+
+Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+Y_PRED = [0, 0, 1, 1, 2, 2, 2, 2, 0]
+
+
+def test_classification_metrics_equal_sklearn_and_hand_values() -> None:
+    m = classification_metrics(Y_TRUE, Y_PRED, 3)
+    # by hand: F1 = 2tp / (2tp + fp + fn) -> class 0: 4/6, class 1: 2/4, class 2: 6/8
+    assert [c["f1"] for c in m["per_class"]] == pytest.approx([2 / 3, 1 / 2, 3 / 4])
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 3 / 4) / 3)
+    assert m["accuracy"] == pytest.approx(6 / 9)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [1, 0, 3]]
+    precision, recall, f1, support = precision_recall_fscore_support(Y_TRUE, Y_PRED, labels=[0, 1, 2])
+    assert [c["precision"] for c in m["per_class"]] == pytest.approx(precision.tolist())
+    assert [c["recall"] for c in m["per_class"]] == pytest.approx(recall.tolist())
+    assert [c["support"] for c in m["per_class"]] == support.tolist() == [3, 2, 4]
+    assert m["macro_f1"] == pytest.approx(f1_score(Y_TRUE, Y_PRED, average="macro"))
+    assert m["accuracy"] == accuracy_score(Y_TRUE, Y_PRED)
+    assert m["confusion_matrix"] == confusion_matrix(Y_TRUE, Y_PRED, labels=[0, 1, 2]).tolist()
+
+
+def test_confusion_matrix_keeps_the_label_order_when_a_class_is_absent() -> None:
+    m = classification_metrics([0, 0, 1], [0, 1, 1], 3)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
+    assert m["per_class"][2] == {"label": 2, "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)  # the absent class is left out, as in sklearn
+
+
+def test_vectorised_macro_f1_equals_sklearn() -> None:
+    rng = np.random.default_rng(3)
+    y_true, y_pred = rng.integers(0, 3, size=(200, 7)), rng.integers(0, 3, size=(200, 7))
+    y_pred[:20] = 0  # rows where some classes occur in neither array
+    y_true[:20] = 0
+    expected = [f1_score(t, p, average="macro", zero_division=0) for t, p in zip(y_true, y_pred)]
+    assert macro_f1_batch(y_true, y_pred, 3) == pytest.approx(expected)
+
+
+def test_bootstrap_ci_contains_the_estimate_and_is_deterministic() -> None:
+    values = np.array([0.2, 0.5, 0.6, 0.7, 0.9, 0.95, 0.4])
+    low, high = mean_ci(values, seed=1)
+    assert low < values.mean() < high
+    assert mean_ci(values, seed=1) == (low, high)
+    assert mean_ci(values, seed=2) != (low, high)
+    assert mean_ci(np.full(6, 0.8)) == pytest.approx((0.8, 0.8))
+    f1 = f1_score(Y_TRUE, Y_PRED, average="macro")
+    f1_low, f1_high = macro_f1_ci(Y_TRUE, Y_PRED, 3, seed=0)
+    assert f1_low <= f1 <= f1_high and f1_low < f1_high
+    assert macro_f1_ci([1, 1, 2], [1, 1, 2], 3) == (1.0, 1.0)
+    # the percentile interval of the statistic over resampled indices
+    low, high = bootstrap_ci(lambda idx: values[idx].max(axis=1), len(values), resamples=500, seed=0, level=0.9)
+    assert values.min() <= low <= high == values.max()
+
+
+# ---------------------------------------------------------------- ground truth and matching
+
+
+def make_quiz(root: Path) -> dict[str, Path]:
+    """Ground truth in the quiz layout (two subtype folders), predictions and a CSV, with known DSCs.
+
+    case        true  pred  predicted mask           DSC pancreas  DSC lesion
+    quiz_0_001  0     0     exact                    1             1
+    quiz_0_002  0     1     lesion missing           2*8/20 = 0.8  0
+    quiz_1_003  1     1     all foreground lesion    1             2*4/16 = 0.5
+    quiz_1_004  1     1     empty                    0             0
+    """
+    gt, pred = root / "validation", root / "pred"
+    labels = reference_labels()
+    rng = np.random.default_rng(0)
+    masks = {"quiz_0_001": labels, "quiz_0_002": np.where(labels == 2, 0, labels), "quiz_1_003": np.where(labels > 0, 2, 0), "quiz_1_004": np.zeros(SHAPE)}
+    for case, predicted in masks.items():
+        folder = gt / f"subtype{case[5]}"
+        save(folder / f"{case}.nii.gz", np.where(labels == 1, QUIRK, labels))
+        if case != "quiz_1_004":  # one case without its image
+            save(folder / f"{case}_0000.nii.gz", rng.normal(40, 60, SHAPE), dtype=np.int16)
+        save(pred / f"{case}.nii.gz", predicted, dtype=np.uint8)
+    csv = write_csv(pred / "subtype_results.csv", [
+        ("quiz_0_001.nii.gz", 0, (0.7, 0.2, 0.1)), ("quiz_0_002.nii.gz", 1, (0.3, 0.6, 0.1)),
+        ("quiz_1_003.nii.gz", 1, (0.1, 0.8, 0.1)), ("quiz_1_004.nii.gz", 1, (0.2, 0.5, 0.3)),
+    ])
+    return {"gt": gt, "pred": pred, "csv": csv}
+
+
+def test_quiz_layout_gives_masks_classes_and_images(tmp_path: Path) -> None:
+    quiz = make_quiz(tmp_path)
+    cases = read_quiz_layout(quiz["gt"])
+    assert [(c.case, c.mask_file, c.subtype) for c in cases] == [
+        ("quiz_0_001", "quiz_0_001.nii.gz", 0), ("quiz_0_002", "quiz_0_002.nii.gz", 0),
+        ("quiz_1_003", "quiz_1_003.nii.gz", 1), ("quiz_1_004", "quiz_1_004.nii.gz", 1),
+    ]
+    assert cases[0].image_file == quiz["gt"] / "subtype0" / "quiz_0_001_0000.nii.gz" and cases[3].image_file is None
+    with pytest.raises(ValueError, match="no masks in subtypeK"):
+        read_quiz_layout(quiz["pred"])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_quiz_layout(tmp_path / "nowhere")
+
+
+def test_answer_key_of_the_phantom(tiny_phantom: Path, tmp_path: Path) -> None:
+    answers = tiny_phantom / "test_answers"
+    key = pd.read_csv(answers / "subtype_labels.csv")
+    cases = read_answer_key(answers / "subtype_labels.csv", answers / "masks", tiny_phantom / "quiz" / "test")
+    assert [(c.mask_file, c.subtype) for c in cases] == list(zip(key["Names"], key["Subtype"]))
+    assert all(c.gt_file.is_file() and c.image_file == tiny_phantom / "quiz" / "test" / f"{c.case}_0000.nii.gz" for c in cases)
+    assert all(c.image_file is None for c in read_answer_key(answers / "subtype_labels.csv", answers / "masks"))
+    broken = tmp_path / "key.csv"
+    broken.write_text("Names,Subtype\nquiz_999.nii.gz,1\n")
+    with pytest.raises(ValueError, match="quiz_999.nii.gz"):
+        read_answer_key(broken, answers / "masks")
+    broken.write_text("Names,Label\nquiz_999.nii.gz,1\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_answer_key(broken, answers / "masks")
+
+
+def test_missing_and_unexpected_cases_are_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    quiz = make_quiz(tmp_path)
+    (quiz["pred"] / "quiz_0_002.nii.gz").unlink()
+    save(quiz["pred"] / "quiz_2_999.nii.gz", reference_labels(), dtype=np.uint8)
+    write_csv(quiz["csv"], [("quiz_0_001.nii.gz", 0, (1, 0, 0)), ("quiz_0_002.nii.gz", 0, (1, 0, 0)), ("quiz_1_004.nii.gz", 1, (0, 1, 0)), ("quiz_2_777.nii.gz", 2, (0, 0, 1))])
+    result = evaluate_folder(read_quiz_layout(quiz["gt"]), quiz["pred"], quiz["csv"], resamples=200)
+    summary = result.summary
+    assert [(m["case"], m["kind"]) for m in summary["missing_predictions"]] == [("quiz_0_002", "mask"), ("quiz_1_003", "csv_row")]
+    assert summary["missing_predictions"][0]["file"] == str(quiz["pred"] / "quiz_0_002.nii.gz")
+    assert [(m["case"], m["kind"]) for m in summary["unexpected_predictions"]] == [("quiz_2_999", "mask"), ("quiz_2_777", "csv_row")]
+    printed = capsys.readouterr().out
+    assert all(case in printed for case in ("quiz_0_002", "quiz_1_003", "quiz_2_999", "quiz_2_777"))
+    table = result.per_case.set_index("case")
+    assert len(table) == 4 and np.isnan(table.loc["quiz_0_002", "dsc_pancreas"]) and pd.isna(table.loc["quiz_1_003", "subtype_pred"])
+    assert summary["n_ground_truth_cases"] == 4 and summary["segmentation"]["dsc_pancreas"]["n"] == 3 and summary["classification"]["n"] == 3
+    assert summary["segmentation"]["dsc_pancreas"]["mean"] == pytest.approx((1 + 1 + 0) / 3)
+    lesion = summary["targets"]["dsc_lesion"]
+    assert lesion["value"] >= lesion["threshold"] and lesion["passed"] is False  # incomplete predictions pass no target
+    assert list(worst_first(result.per_case)["case"]) == ["quiz_0_002", "quiz_1_004", "quiz_1_003", "quiz_0_001"]
+
+
+# ---------------------------------------------------------------- nnU-Net's evaluator
+
+
+def test_per_case_dsc_equals_nnunet_evaluator(tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    # realistic files: the phantom's float masks (1.0000152587890625, LPS/RAS/LAS, anisotropic spacing)
+    cases = read_quiz_layout(tiny_phantom / "quiz" / "train") + read_quiz_layout(tiny_phantom / "quiz" / "validation")
+    pred_dir, rounded_dir = tmp_path / "pred", tmp_path / "rounded"
+    rows = []
+    for i, case in enumerate(cases):
+        img = nib.load(str(case.gt_file))
+        labels = np.rint(img.get_fdata()).astype(np.uint8)
+        save(rounded_dir / case.mask_file, labels, img.affine, np.uint8)  # nnU-Net compares exact values
+        variants = [np.roll(labels, 2, axis=0), np.where(labels == 2, 1, labels), np.zeros_like(labels), labels, np.where(labels > 0, 2, 0)]
+        save(pred_dir / case.mask_file, variants[i % len(variants)], img.affine, np.uint8)
+        rows.append((case.mask_file, case.subtype, (1 / 3, 1 / 3, 1 / 3)))
+    # hand-made cases for the empty conventions: no lesion in either, no lesion in the ground truth only
+    no_lesion = np.where(reference_labels() == 2, 1, reference_labels())
+    for name, predicted in (("quiz_0_900", no_lesion), ("quiz_0_901", reference_labels())):
+        gt_file = save(tmp_path / "extra" / "subtype0" / f"{name}.nii.gz", no_lesion)
+        save(rounded_dir / f"{name}.nii.gz", no_lesion, dtype=np.uint8)
+        save(pred_dir / f"{name}.nii.gz", predicted, dtype=np.uint8)
+        rows.append((f"{name}.nii.gz", 0, (1 / 3, 1 / 3, 1 / 3)))
+    cases += read_quiz_layout(tmp_path / "extra")
+    result = evaluate_folder(cases, pred_dir, write_csv(tmp_path / "subtypes.csv", rows), resamples=100)
+
+    compared_nan = 0
+    for _, row in result.per_case.iterrows():
+        theirs = compute_metrics(str(rounded_dir / row["mask_file"]), row["pred_file"], SimpleITKIO(), [(1, 2), (2,)])["metrics"]
+        for column, region in (("dsc_pancreas", (1, 2)), ("dsc_lesion", (2,))):
+            if np.isnan(theirs[region]["Dice"]):  # nnU-Net: NaN when both are empty; ours: 1.0
+                compared_nan += 1
+                assert row[column] == 1.0
+            else:
+                assert row[column] == pytest.approx(theirs[region]["Dice"], abs=1e-12)
+    assert compared_nan == 1
+    assert {0.0, 1.0} <= set(result.per_case["dsc_lesion"]) and result.per_case["dsc_pancreas"].between(0.01, 0.99).any()
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pancreas_multitask.evaluate", *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_on_a_quiz_layout_folder(tmp_path: Path) -> None:
+    quiz = make_quiz(tmp_path)
+    out = tmp_path / "out"
+    done = run_cli("--validation_data", quiz["gt"], "--prediction_folder", quiz["pred"], "--prediction_csv", quiz["csv"], "--output_folder", out, "--resamples", 300)
+    assert done.returncode == 0, done.stderr
+    assert "whole-pancreas DSC: 0.700" in done.stdout and "FAIL" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    seg, cls = metrics["segmentation"], metrics["classification"]
+    assert metrics["n_ground_truth_cases"] == 4  # the _0000 images are not ground truth
+    assert seg["dsc_pancreas"]["mean"] == pytest.approx((1 + 0.8 + 1 + 0) / 4) and seg["dsc_pancreas"]["median"] == pytest.approx(0.9)
+    assert seg["dsc_lesion"]["mean"] == pytest.approx((1 + 0 + 0.5 + 0) / 4) and seg["dsc_lesion"]["median"] == pytest.approx(0.25)
+    low, high = seg["dsc_pancreas"]["ci95"]
+    assert 0 <= low < 0.7 < high <= 1
+    # true [0, 0, 1, 1], predicted [0, 1, 1, 1]: F1 class 0 = 2/3, class 1 = 4/5; class 2 occurs in neither
+    assert cls["macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2) and cls["accuracy"] == 0.75
+    assert cls["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 0]] and cls["class_names"] == ["subtype0", "subtype1", "subtype2"]
+    assert {k: t["passed"] for k, t in metrics["targets"].items()} == {"dsc_pancreas": False, "dsc_lesion": True, "macro_f1": True}
+    assert metrics["missing_predictions"] == [] and metrics["unexpected_predictions"] == []
+
+    per_case = pd.read_csv(out / "per_case.csv", keep_default_na=False)
+    assert list(per_case.columns) == PER_CASE_COLUMNS
+    assert per_case["dsc_pancreas"].tolist() == pytest.approx([1, 0.8, 1, 0]) and per_case["dsc_lesion"].tolist() == pytest.approx([1, 0, 0.5, 0])
+    assert per_case["prob_pred"].tolist() == pytest.approx([0.7, 0.6, 0.8, 0.5])
+    assert per_case["image_file"].tolist()[3] == "" and per_case["image_file"].tolist()[0].endswith("quiz_0_001_0000.nii.gz")
+    assert (out / "evaluation.html").stat().st_size > 10_000
+
+
+def test_cli_fails_clearly_on_bad_input(tmp_path: Path) -> None:
+    quiz = make_quiz(tmp_path)
+    save(quiz["pred"] / "quiz_0_001.nii.gz", reference_labels()[:, :, :-1], dtype=np.uint8)
+    done = run_cli("--validation_data", quiz["gt"], "--prediction_folder", quiz["pred"], "--prediction_csv", quiz["csv"], "--output_folder", tmp_path / "out")
+    assert done.returncode != 0
+    assert "geometry mismatch" in done.stderr and str(quiz["pred"] / "quiz_0_001.nii.gz") in done.stderr and str(quiz["gt"] / "subtype0" / "quiz_0_001.nii.gz") in done.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    done = run_cli("--validation_data", tmp_path / "absent", "--prediction_folder", quiz["pred"], "--prediction_csv", quiz["csv"], "--output_folder", tmp_path / "out")
+    assert done.returncode != 0 and "absent" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_with_the_phantom_answer_key_folder(tiny_phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pancreas_multitask.evaluate import main
+
+    answers = tiny_phantom / "test_answers"
+    key = pd.read_csv(answers / "subtype_labels.csv")
+    pred = tmp_path / "pred"
+    for name in key["Names"]:  # perfect masks, as the prediction writes them (uint8 on the same grid)
+        img = nib.load(str(answers / "masks" / name))
+        save(pred / name, np.rint(img.get_fdata()), img.affine, np.uint8)
+    rows = [(name, int(k), tuple(0.9 if j == k else 0.05 for j in range(3))) for name, k in zip(key["Names"], key["Subtype"])]
+    csv = write_csv(tmp_path / "subtypes.csv", rows)
+    out = tmp_path / "out"
+    assert main(["--answer_key", str(answers), "--images", str(tiny_phantom / "quiz" / "test"), "--prediction_folder", str(pred), "--prediction_csv", str(csv), "--output_folder", str(out), "--resamples", "100"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_ground_truth_cases"] == len(key) == 2
+    assert metrics["segmentation"]["dsc_pancreas"]["mean"] == 1.0 and metrics["segmentation"]["dsc_lesion"]["ci95"] == [1.0, 1.0]
+    assert metrics["classification"]["accuracy"] == 1.0 and all(t["passed"] for t in metrics["targets"].values())
+    assert metrics["sources"]["ground_truth"].startswith(str(answers / "subtype_labels.csv"))
+    per_case = pd.read_csv(out / "per_case.csv")
+    assert per_case["image_file"].map(lambda f: Path(f).is_file()).all() and per_case["prob_pred"].tolist() == [0.9, 0.9]
+    assert "Evaluated split: test." in (out / "evaluation.html").read_text() and "PASS" in capsys.readouterr().out

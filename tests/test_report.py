@@ -1,0 +1,123 @@
+"""The evaluation report: standalone HTML with the numbers of metrics.json, embedded figures, no URL."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from pancreas_multitask.evaluation.evaluate import evaluate_folder
+from pancreas_multitask.evaluation.ground_truth import read_quiz_layout
+from pancreas_multitask.evaluation.report import TEMPLATE, TEMPLATES, collect_provenance, fmt, fmt_ci, write_report
+
+DATA_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
+EXTERNAL = re.compile(r"https?:|//cdn|//www\.|\bwww\.|src=\"(?!data:image/png;base64,)|href=\"(?!#)|<link\b|<script\b|@import|url\(", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny phantom's validation split against predictions derived from it (one shifted, one without lesion, one misclassified)."""
+    root = tmp_path_factory.mktemp("report")
+    cases = read_quiz_layout(tiny_phantom / "quiz" / "validation")
+    (root / "pred").mkdir()
+    lines = ["Names,Subtype,prob_subtype0,prob_subtype1,prob_subtype2"]
+    for i, case in enumerate(cases):
+        img = nib.load(str(case.gt_file))
+        labels = np.rint(img.get_fdata()).astype(np.uint8)
+        predicted = [np.roll(labels, 2, axis=1), np.where(labels == 2, 1, labels), labels][i % 3]
+        nib.save(nib.Nifti1Image(predicted, img.affine), str(root / "pred" / case.mask_file))
+        guess = (case.subtype + (i == 0)) % 3
+        probs = np.full(3, 0.1)
+        probs[guess] = 0.8
+        lines.append(f"{case.mask_file},{guess},{probs[0]:.6f},{probs[1]:.6f},{probs[2]:.6f}")
+    (root / "pred" / "subtype_results.csv").write_text("\n".join(lines) + "\n")
+    result = evaluate_folder(cases, root / "pred", root / "pred" / "subtype_results.csv", root / "out", resamples=300, ground_truth_source=str(tiny_phantom / "quiz" / "validation"))
+    return root, result
+
+
+def training_frame() -> pd.DataFrame:
+    epochs = np.arange(4)
+    columns = ["train_losses", "train_seg_losses", "train_cls_losses", "val_losses", "pseudo_dice_pancreas", "pseudo_dice_lesion",
+               "ema_fg_dice", "val_macro_f1", "val_accuracy", "val_criterion", "w_seg", "w_cls", "lrs"]
+    return pd.DataFrame({"epoch": epochs, **{c: np.linspace(1.0, 0.5, len(epochs)) for c in columns}})
+
+
+def section(text: str, element_id: str) -> str:
+    return re.search(rf'<table id="{element_id}">(.*?)</table>', text, re.S).group(1)
+
+
+def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo: Path) -> None:
+    root, result = evaluated
+    provenance = collect_provenance(repo, repo / "data_manifest.yaml", "smoke", {"worst_n": 2}, "cpu")
+    inference = {"mode": "fast", "counts": {"validation": {"predicted": 3, "failed": 0}}, "median_seconds_per_case": 1.2346}
+    benchmark = {"rows": [{"predictor": "nnUNetPredictor", "s_per_case": 3.21}, {"predictor": "multitask", "s_per_case": 3.3}], "device": "cpu"}
+    path = write_report(result, root / "out" / "evaluation.html", checkpoint_split="validation", evaluated_split="validation",
+                        training_metrics=training_frame(), inference=inference, benchmark=benchmark, provenance=provenance, worst_n=2)
+    text = path.read_text()
+    metrics = json.loads((root / "out" / "metrics.json").read_text())
+
+    summary = section(text, "summary")
+    rows = re.findall(r"<tr><td>(.*?)</td><td class=\"num\">(.*?)</td><td class=\"num\">(.*?)</td><td>.*?</td><td class=\"\w+\">(\w+)</td></tr>", summary)
+    expected = [(t["label"], fmt(t["value"]), fmt_ci(t["ci95"]), "pass" if t["passed"] else "fail") for t in metrics["targets"].values()]
+    assert rows == expected and len(rows) == 3
+    assert metrics["targets"]["dsc_lesion"]["value"] < 1.0 and metrics["classification"]["accuracy"] == pytest.approx(2 / 3)
+    per_class = section(text, "per-class")
+    for c in metrics["classification"]["per_class"]:
+        assert f"<tr><td>{c['name']}</td><td class=\"num\">{fmt(c['precision'])}</td><td class=\"num\">{fmt(c['recall'])}</td><td class=\"num\">{fmt(c['f1'])}</td><td class=\"num\">{c['support']}</td></tr>" in per_class
+    assert f"accuracy {fmt(metrics['classification']['accuracy'])}" in text
+    assert "these numbers are optimistic" in text and "Checkpoint selected on: validation. Evaluated split: validation." in text
+    # the per-case table lists every case, worst first
+    per_case = section(text, "per-case")
+    shown = re.findall(r"<tr[^>]*><td>(quiz_\w+)</td>", per_case)
+    lowest = result.per_case[["dsc_pancreas", "dsc_lesion"]].min(axis=1)
+    assert shown == list(result.per_case.assign(k=lowest).sort_values("k")["case"])
+    assert text.count('<tr class="flag">') == 1  # the misclassified case
+    # provenance, inference and benchmark tables
+    assert hashlib.sha256((repo / "data_manifest.yaml").read_bytes()).hexdigest() == provenance["manifest_sha256"] in text
+    assert provenance["git_revision"] in text and "<td>1.235</td>" in text and "<td>validation</td><td>3</td><td>0</td>" in text
+    assert "<td>nnUNetPredictor</td><td>3.21</td>" in text
+
+    images = re.findall(r"<img\b[^>]*>", text)
+    assert len(images) == 4  # confusion matrix, DSC per subtype, worst cases, training curves
+    for tag in images:
+        uri = re.search(r'src="([^"]+)"', tag).group(1)
+        assert uri.startswith("data:image/png;base64,")
+        assert base64.b64decode(uri.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    without_images = DATA_URI.sub("data:image/png;base64,", text)  # base64 text may hold "//cdn" by chance
+    assert EXTERNAL.findall(without_images) == []
+    assert EXTERNAL.findall(html.unescape(without_images)) == []
+
+
+def test_missing_optional_inputs_say_not_available(evaluated, tmp_path: Path) -> None:
+    _, result = evaluated
+    text = write_report(result, tmp_path / "r.html", checkpoint_split="validation", evaluated_split="test",
+                        training_metrics=tmp_path / "absent.csv", benchmark={"device": "cpu"}).read_text()
+    assert "optimistic" not in text
+    assert f"Not available (file not found: {tmp_path / 'absent.csv'})" in text
+    assert "Not available (not given)" in text  # inference and provenance
+    assert "Not available (the benchmark JSON has no &#39;rows&#39; list)" in text
+    assert len(re.findall(r"<img\b", text)) == 3
+    text = write_report(result, tmp_path / "r.html", checkpoint_split="validation", evaluated_split="test",
+                        training_metrics=pd.DataFrame({"epoch": [0, 1]})).read_text()
+    assert "Not available (the per-epoch file lacks the column" in text
+
+
+def test_fmt_and_template_are_packaged(repo: Path) -> None:
+    assert fmt(0.91) == "0.910" and fmt(None) == "n/a" and fmt(float("nan")) == "n/a" and fmt(7) == "7"
+    assert fmt_ci([0.1, 0.23456]) == "[0.100, 0.235]" and fmt_ci(None) == "n/a"
+    package_data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pancreas_multitask"]
+    template = (TEMPLATES / TEMPLATE).relative_to(repo / "lib" / "pancreas_multitask")
+    assert any(template.match(pattern) for pattern in package_data)
