@@ -65,7 +65,8 @@ def make_predictor(model_folder: str | Path, mode: str | InferenceMode = "accura
             raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
         mode = MODES[mode]
     predictor = MultitaskPredictor(
-        mode.tile_step_size, use_mirroring=mode.use_mirroring, tile_batch_size=mode.tile_batch_size, mirrors=mode.mirrors, device=torch.device(device), allow_tqdm=False
+        mode.tile_step_size, use_mirroring=mode.use_mirroring, tile_batch_size=mode.tile_batch_size, mirrors=mode.mirrors,
+        perform_everything_on_device=device == "cuda", device=torch.device(device), allow_tqdm=False,
     )
     predictor.initialize_from_model_folder(model_folder, folds, checkpoint_name)
     return predictor
