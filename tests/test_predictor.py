@@ -115,6 +115,14 @@ def test_tile_batching_changes_nothing_but_speed(model, real_case_dir: Path) -> 
     same = one.export_segmentation(logits_one, properties) == four.export_segmentation(logits_four, properties)
     assert same.mean() > 0.999  # an untrained model sits near the threshold, so a few voxels may flip
 
+    tiles = sum(len(t) for t in one._tiles[0])  # one row of class logits per tile and forward pass
+    fast = make_predictor(model, "fast")
+    fast.predict_logits(image)
+    assert sum(len(t) for t in fast._tiles[0]) == 2 * tiles  # the original and one flip of all axes
+    accurate = make_predictor(model, "accurate")
+    accurate.predict_logits(image)
+    assert sum(len(t) for t in accurate._tiles[0]) == 8 * tiles  # nnU-Net's 7 flips and the original
+
 
 def test_fast_and_accurate_masks_nearly_agree(model, tiny_phantom: Path, tmp_path: Path) -> None:
     cases = _images(tiny_phantom)
@@ -162,3 +170,25 @@ def test_cli_predicts_a_folder_from_a_zip_and_fails_on_bad_input(model, tiny_pha
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PANCREAS_HEADLESS": "1"})
     assert done.returncode == 1 and "quiz_999_0000.nii.gz" in done.stderr
     assert "skipped 2" in done.stdout  # the finished cases are not predicted again
+
+
+def test_a_failed_sliding_window_attempt_leaves_no_tiles(model, real_case_dir: Path, monkeypatch) -> None:
+    """nnU-Net retries an out-of-memory sliding window with its results on the CPU: the first try must not count."""
+    predictor = make_predictor(model, "fast")
+    predict = predictor._internal_maybe_mirror_and_predict
+    calls = []
+
+    def fail_on_second_batch(x):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return predict(x)
+
+    monkeypatch.setattr(predictor, "_internal_maybe_mirror_and_predict", fail_on_second_batch)
+    image = [str(real_case_dir / "quiz_0_324_0000.nii.gz")]
+    with pytest.raises(RuntimeError, match="simulated"):
+        predictor.predict_logits(image)
+    assert predictor._tiles == ([], [])  # the first batch's tiles were dropped with the failed attempt
+    monkeypatch.setattr(predictor, "_internal_maybe_mirror_and_predict", predict)
+    _, _, probabilities = predictor.predict_logits(image)
+    assert len(calls) == 2 and probabilities.sum() == pytest.approx(1.0, abs=1e-5)
