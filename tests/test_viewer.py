@@ -17,9 +17,9 @@ import pytest
 from matplotlib.figure import Figure
 
 from pancreas_multitask.evaluation.evaluate import PER_CASE_COLUMNS
-from pancreas_multitask.evaluation.figures import error_labels, plane
+from pancreas_multitask.evaluation.figures import error_labels
 from pancreas_multitask.evaluation.viewer import WINDOW_PRESETS, CaseViewer, readout_text, show_viewer, static_views
-from pancreas_multitask.visualization import window
+from pancreas_multitask.visualization import plane, window
 
 SPACING = (0.8, 0.8, 2.5)
 NAMES = ("subtype0", "subtype1", "subtype2")
@@ -197,3 +197,13 @@ def test_show_viewer_interactive_returns_widget(per_case: pd.DataFrame, monkeypa
     assert isinstance(show_viewer(per_case, NAMES), Figure)  # no kernel in pytest: static fallback
     monkeypatch.setattr("pancreas_multitask.evaluation.viewer.widgets_available", lambda: True)
     assert isinstance(show_viewer(per_case, NAMES), ipywidgets.VBox)
+
+
+def test_lesion_slice_takes_float_masks_as_they_are_stored() -> None:
+    from pancreas_multitask.visualization import lesion_slice
+
+    labels = np.zeros((6, 6, 5), dtype=np.float32)
+    labels[1:4, 1:4, 1] = 1.0000152587890625  # pancreas only
+    labels[2, 2, 3] = 1.9999847  # one lesion voxel, stored just below 2
+    assert lesion_slice(labels, "axial") == 3 and lesion_slice(labels, "sagittal") == 2
+    assert lesion_slice(np.where(labels > 1.5, 0, labels), "axial") == 1  # no lesion: most foreground

@@ -1,4 +1,4 @@
-"""Static figures shared by the notebooks and the report: CT slices with mask overlays."""
+"""Figures shared by the notebooks, the report and the viewer: CT slices in any plane (radiological view, aspect from the spacing) with mask overlays."""
 
 from __future__ import annotations
 
@@ -28,22 +28,43 @@ def window(image: np.ndarray, level: float = CT_WINDOW[0], width: float = CT_WIN
     return np.clip((image - (level - width / 2)) / width, 0.0, 1.0)
 
 
-def overlay_axial(ax: plt.Axes, image: np.ndarray, labels: np.ndarray | None, spacing: Sequence[float], z: int, alpha: float = 0.4) -> None:
-    """One axial slice of canonical RAS (x, y, z) arrays in radiological view (anterior up, patient right on the left)."""
-    extent_aspect = spacing[1] / spacing[0]
-    ax.imshow(window(image[::-1, :, z]).T, cmap="gray", origin="lower", aspect=extent_aspect, interpolation="nearest")
-    if labels is not None:
-        ax.imshow(np.rint(labels[::-1, :, z]).T, cmap=LABEL_COLORS, vmin=0, vmax=2, alpha=alpha, origin="lower", aspect=extent_aspect, interpolation="nearest")
-    ax.set_axis_off()
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
-def best_slice(labels: np.ndarray) -> int:
-    """The axial slice with the most lesion voxels (or foreground, or the middle)."""
+def plane(volume: np.ndarray, spacing: Sequence[float], index: int, axis: str = "axial") -> tuple[np.ndarray, float]:
+    """One slice of a RAS volume, oriented for ``imshow(..., origin="lower")``, and its pixel aspect."""
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {sorted(AXES)}, got {axis!r}")
+    if axis == "axial":  # rows: posterior -> anterior (up), columns: right -> left
+        return volume[::-1, :, index].T, spacing[1] / spacing[0]
+    if axis == "coronal":  # rows: inferior -> superior, columns: right -> left
+        return volume[::-1, index, :].T, spacing[2] / spacing[0]
+    return volume[index, ::-1, :].T, spacing[2] / spacing[1]  # sagittal, columns: anterior -> posterior
+
+
+def lesion_slice(labels: np.ndarray, axis: str = "axial") -> int:
+    """The slice along ``axis`` with the most lesion voxels (or foreground, or the middle); float masks are fine."""
+    along = AXES[axis]
+    others = tuple(a for a in range(3) if a != along)
     for value in (2, 1):
-        counts = (np.rint(labels) >= value).sum(axis=(0, 1))
+        counts = (labels >= value - 0.5).sum(axis=others)
         if counts.any():
             return int(np.argmax(counts))
-    return labels.shape[2] // 2
+    return labels.shape[along] // 2
+
+
+def ct_slice(ax: plt.Axes, image: np.ndarray, spacing: Sequence[float], z: int, axis: str, level: float, width: float) -> float:
+    """A windowed CT slice in radiological view; returns its pixel aspect."""
+    slice_2d, aspect = plane(image, spacing, z, axis)
+    ax.imshow(window(slice_2d, level, width), cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect, interpolation="nearest")
+    ax.set_axis_off()
+    return aspect
+
+
+def label_overlay(ax: plt.Axes, image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], z: int, axis: str = "axial", *, alpha: float = 0.4, level: float = CT_WINDOW[0], width: float = CT_WINDOW[1]) -> None:
+    """CT slice with a label map (green pancreas, red lesion)."""
+    aspect = ct_slice(ax, image, spacing, z, axis, level, width)
+    ax.imshow(np.rint(plane(labels, spacing, z, axis)[0]), cmap=LABEL_COLORS, vmin=0, vmax=2, alpha=alpha, origin="lower", aspect=aspect, interpolation="nearest")
 
 
 def subtype_examples(cases: Sequence[Case], subtypes: Sequence[str]) -> Figure:
@@ -57,7 +78,7 @@ def subtype_examples(cases: Sequence[Case], subtypes: Sequence[str]) -> Figure:
             continue
         image, spacing = load_canonical(str(case.image))
         labels, _ = load_canonical(str(case.mask))
-        overlay_axial(ax, image, labels, spacing, best_slice(labels))
+        label_overlay(ax, image, labels, spacing, lesion_slice(labels))
         ax.set_title(f"{name}: {case.case_id}")
     fig.suptitle("green: pancreas, red: lesion (W400/L40)")
     fig.tight_layout()
@@ -93,7 +114,7 @@ def preprocessed_example(preprocessed_folder: str, case_id: str, raw_image: str,
     image, spacing = load_canonical(raw_image)
     labels, _ = load_canonical(raw_mask)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
-    overlay_axial(axes[0], image, labels, spacing, best_slice(labels))
+    label_overlay(axes[0], image, labels, spacing, lesion_slice(labels))
     axes[0].set_title(f"raw {case_id} (HU, W400/L40)\nshape {image.shape}, spacing {tuple(round(s, 2) for s in spacing)}", fontsize=9)
     axes[1].imshow(patch[z], cmap="gray", interpolation="nearest")
     axes[1].set_title(f"preprocessed patch {tuple(patch.shape)} (z-scored)", fontsize=9)
@@ -136,7 +157,7 @@ def prediction_examples(cases: Sequence[tuple[str, str]], output_folder: str, n:
     for ax, (case_id, image_file) in zip(axes[0], chosen):
         image, spacing = load_canonical(image_file)
         labels, _ = load_canonical(f"{output_folder}/{case_id}.nii.gz")
-        overlay_axial(ax, image, labels, spacing, best_slice(labels))
+        label_overlay(ax, image, labels, spacing, lesion_slice(labels))
         ax.set_title(f"{case_id} (predicted)")
     fig.tight_layout()
     return fig

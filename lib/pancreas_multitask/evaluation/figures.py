@@ -17,10 +17,9 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..visualization import CT_WINDOW, LABEL_COLORS, load_canonical, window
+from ..visualization import CT_WINDOW, ct_slice, label_overlay, lesion_slice, load_canonical, plane
 from .evaluate import TARGETS
 
-AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 # one colour per voxel outcome; 0 = background in both (transparent)
 ERROR_CLASSES = (
     ("pancreas, both", (0.1, 0.8, 0.2)),
@@ -31,28 +30,6 @@ ERROR_CLASSES = (
     ("missed lesion (predicted pancreas)", (0.0, 0.95, 0.95)),
 )
 ERROR_COLORS = ListedColormap([(0, 0, 0, 0)] + [(*rgb, 1.0) for _, rgb in ERROR_CLASSES])
-
-
-def plane(volume: np.ndarray, spacing: Sequence[float], index: int, axis: str = "axial") -> tuple[np.ndarray, float]:
-    """One slice of a RAS volume, oriented for ``imshow(..., origin="lower")``, and its pixel aspect."""
-    if axis not in AXES:
-        raise ValueError(f"axis must be one of {sorted(AXES)}, got {axis!r}")
-    if axis == "axial":  # rows: posterior -> anterior (up), columns: right -> left
-        return volume[::-1, :, index].T, spacing[1] / spacing[0]
-    if axis == "coronal":  # rows: inferior -> superior, columns: right -> left
-        return volume[::-1, index, :].T, spacing[2] / spacing[0]
-    return volume[index, ::-1, :].T, spacing[2] / spacing[1]  # sagittal, columns: anterior -> posterior
-
-
-def lesion_slice(labels: np.ndarray, axis: str = "axial") -> int:
-    """The slice along ``axis`` with the most lesion voxels (or foreground, or the middle)."""
-    along = AXES[axis]
-    others = tuple(a for a in range(3) if a != along)
-    for value in (2, 1):
-        counts = (labels >= value).sum(axis=others)
-        if counts.any():
-            return int(np.argmax(counts))
-    return labels.shape[along] // 2
 
 
 def error_labels(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -68,22 +45,9 @@ def error_labels(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _ct(ax: plt.Axes, image: np.ndarray, spacing: Sequence[float], z: int, axis: str, level: float, width: float) -> float:
-    slice_2d, aspect = plane(image, spacing, z, axis)
-    ax.imshow(window(slice_2d, level, width), cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect, interpolation="nearest")
-    ax.set_axis_off()
-    return aspect
-
-
-def label_overlay(ax: plt.Axes, image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], z: int, axis: str = "axial", *, alpha: float = 0.4, level: float = CT_WINDOW[0], width: float = CT_WINDOW[1]) -> None:
-    """CT slice with a label map (green pancreas, red lesion)."""
-    aspect = _ct(ax, image, spacing, z, axis, level, width)
-    ax.imshow(np.rint(plane(labels, spacing, z, axis)[0]), cmap=LABEL_COLORS, vmin=0, vmax=2, alpha=alpha, origin="lower", aspect=aspect, interpolation="nearest")
-
-
 def error_overlay(ax: plt.Axes, image: np.ndarray, gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float], z: int, axis: str = "axial", *, alpha: float = 0.6, level: float = CT_WINDOW[0], width: float = CT_WINDOW[1], legend: bool = False) -> None:
     """CT slice with every voxel's outcome coloured: agreement, false positives and false negatives (``ERROR_CLASSES``)."""
-    aspect = _ct(ax, image, spacing, z, axis, level, width)
+    aspect = ct_slice(ax, image, spacing, z, axis, level, width)
     codes = plane(error_labels(gt, pred), spacing, z, axis)[0]
     ax.imshow(codes, cmap=ERROR_COLORS, vmin=0, vmax=len(ERROR_CLASSES), alpha=alpha, origin="lower", aspect=aspect, interpolation="nearest")
     if legend:

@@ -21,9 +21,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..runtime import is_headless
-from ..visualization import CT_WINDOW, load_canonical
+from ..visualization import AXES, CT_WINDOW, label_overlay, lesion_slice, load_canonical
 from .evaluate import worst_first
-from .figures import AXES, error_legend, error_overlay, label_overlay, lesion_slice
+from .figures import error_legend, error_overlay
 
 # name -> (level, width) in HU
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
