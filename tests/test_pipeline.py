@@ -43,6 +43,17 @@ def test_reduced_plans_keep_data_and_shrink_the_network() -> None:
     assert plans["configurations"]["3d_fullres"]["batch_size"] == 2 and plans["plans_name"] == RESENC_M  # input untouched
 
 
+def test_a_coarser_reduced_grid_gets_its_own_preprocessed_data() -> None:
+    """``cpu_plan.spacing`` (the realct profile): a new grid, so nnU-Net preprocesses it under the plan's own identifier."""
+    plans = _plans([2.0, 0.73, 0.73])
+    plans["configurations"]["3d_fullres"]["median_image_size_in_voxels"] = [64, 120, 180]
+    config = derive_reduced_plans(plans, ReducedPlan(patch_size=(32, 64, 80), spacing=(2.5, 1.5, 1.5)))["configurations"]["3d_fullres"]
+    assert config["spacing"] == [2.5, 1.5, 1.5] and config["data_identifier"] == f"{CPU_PLANS}_3d_fullres"
+    assert config["median_image_size_in_voxels"] == [51.2, 58.4, 87.6]
+    assert config["architecture"]["arch_kwargs"]["strides"][-1] == [1, 2, 2]  # topology from nnU-Net for the new spacing
+    assert ReducedPlan.from_dict({"patch_size": [32, 64, 80], "spacing": [2.5, 1.5, 1.5]}).spacing == (2.5, 1.5, 1.5)
+
+
 @pytest.mark.notebook
 def test_smoke_pipeline_of_all_notebooks(tmp_path: Path, capsys) -> None:
     repo = fake_repo(tmp_path, tuple(p.name for p in discover_notebooks(REPO / "notebooks")))
@@ -77,7 +88,7 @@ def _check_training(repo: Path, run_dir: Path) -> None:
     summary = json.loads((repo / "work" / "train.json").read_text())
     model = Path(summary["model_folder"])
     assert model.name == "fold_0" and model.parent.name == "nnUNetTrainerMultitask__nnUNetResEncUNetMPlans_cpu__3d_fullres"
-    for name in ("checkpoint_best.pth", "checkpoint_final.pth", "training_metrics.csv", "multitask_settings.json", "validation/summary.json"):
+    for name in ("checkpoint_best.pth", "checkpoint_final.pth", "training_metrics.csv", "multitask_settings.json", "validation/summary.json", "postprocessing.pkl"):
         assert (model / name).is_file(), name
     assert summary["selected checkpoint"] == "checkpoint_best.pth" and summary["selected on"].startswith("fold 0 validation split")
     assert 0.0 <= summary["full-volume Dice whole_pancreas (val, nnU-Net)"] <= 1.0
@@ -90,6 +101,7 @@ def _check_inference(repo: Path, run_dir: Path) -> None:
     phantom = SMOKE["phantom"]
     expected = {"validation": sum(phantom["validation"]), "test": phantom["test"]}
     assert {split: counts["predicted"] for split, counts in summary["counts"].items()} == expected
+    assert summary["postprocessing_file"].endswith("fold_0/postprocessing.pkl") and summary["postprocessing"] != "none"
     for split, n in expected.items():
         folder = Path(summary["outputs"][split])
         assert len(list(folder.glob("quiz_*.nii.gz"))) == n

@@ -18,7 +18,7 @@ import torch
 from pancreas_multitask.experiment_planning.plans import CPU_PLANS
 from pancreas_multitask.evaluation.metrics import dice, evaluate_case
 from pancreas_multitask.inference.model_sharing import export_model, install_model
-from pancreas_multitask.inference.predictor import CSV_NAME, InferenceMode, MultitaskPredictor, case_records, input_cases, make_predictor, predict_cases
+from pancreas_multitask.inference.predictor import CSV_NAME, UNPROCESSED, InferenceMode, MultitaskPredictor, case_records, input_cases, make_predictor, predict_cases
 from pancreas_multitask.training.run import train
 from pancreas_multitask.training.settings import HeadConfig, MultitaskSettings
 
@@ -141,7 +141,8 @@ def test_exported_zip_predicts_the_same(model, tiny_phantom: Path, tmp_path: Pat
     with zipfile.ZipFile(zip_file) as archive:
         names = set(archive.namelist())
     inner = f"{model.parent.name}/{model.name}"
-    assert {f"{inner}/plans.json", f"{inner}/dataset.json", f"{inner}/fold_0/checkpoint_best.pth", f"{inner}/fold_0/multitask_settings.json"} <= names
+    assert {f"{inner}/plans.json", f"{inner}/dataset.json", f"{inner}/fold_0/checkpoint_best.pth", f"{inner}/fold_0/multitask_settings.json",
+            f"{inner}/fold_0/postprocessing.pkl", f"{inner}/fold_0/postprocessing.json"} <= names  # nnU-Net's postprocessing travels with the model
     installed = install_model(zip_file, tmp_path / "results")
     assert installed == tmp_path / "results" / inner
     mtime = (installed / "plans.json").stat().st_mtime_ns
@@ -156,6 +157,28 @@ def test_exported_zip_predicts_the_same(model, tiny_phantom: Path, tmp_path: Pat
         before, after = (np.asarray(nib.load(str(tmp_path / n / f"{case_id}.nii.gz")).dataobj) for n in ("before", "after"))
         assert np.array_equal(before, after)
     assert [r["probabilities"] for r in case_records(tmp_path / "before")] == [r["probabilities"] for r in case_records(tmp_path / "after")]
+    assert make_predictor(installed, "fast").postprocessing_source == installed / "fold_0" / "postprocessing.pkl"
+
+
+def test_postprocessing_is_applied_and_the_masks_before_it_are_kept(model, tiny_phantom: Path, tmp_path: Path) -> None:
+    from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing, remove_all_but_largest_component_from_segmentation
+    from scipy import ndimage
+
+    determined = make_predictor(model, "fast")
+    assert determined.postprocessing_source == model / "fold_0" / "postprocessing.pkl"  # what 02_train determined on the validation split
+    assert make_predictor(model, "fast", postprocessing=False).postprocessing is None
+    keep_largest = ([remove_all_but_largest_component_from_segmentation], [{"labels_or_regions": [1, 2]}])
+    determined.postprocessing = keep_largest  # a choice with a visible effect, whatever this 1-epoch model predicts
+    cases = _images(tiny_phantom)[:2]
+    predict_cases(determined, cases, tmp_path / "out")
+    for case_id, _ in cases:
+        final = np.asarray(nib.load(str(tmp_path / "out" / f"{case_id}.nii.gz")).dataobj)
+        before = np.asarray(nib.load(str(tmp_path / "out" / UNPROCESSED / f"{case_id}.nii.gz")).dataobj)
+        assert np.array_equal(final, apply_postprocessing(before, *keep_largest))
+        assert ndimage.label(final > 0)[1] <= 1
+    plain = make_predictor(model, "fast", postprocessing=False)
+    predict_cases(plain, cases, tmp_path / "plain")
+    assert not (tmp_path / "plain" / UNPROCESSED).exists()
 
 
 def test_cli_predicts_a_folder_from_a_zip_and_fails_on_bad_input(model, tiny_phantom: Path, tmp_path: Path) -> None:
@@ -170,6 +193,9 @@ def test_cli_predicts_a_folder_from_a_zip_and_fails_on_bad_input(model, tiny_pha
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PANCREAS_HEADLESS": "1"})
     assert done.returncode == 1 and "quiz_999_0000.nii.gz" in done.stderr
     assert "skipped 2" in done.stdout  # the finished cases are not predicted again
+    assert "postprocessing: keep the largest" in done.stdout or "postprocessing: determined: nothing helped" in done.stdout
+    done = subprocess.run([*command[:6], str(tmp_path / "plain"), *command[7:], "--disable_postprocessing"], capture_output=True, text=True, env={**os.environ, "PANCREAS_HEADLESS": "1"})
+    assert "postprocessing: none" in done.stdout and not (tmp_path / "plain" / UNPROCESSED).exists()
 
 
 def test_a_failed_sliding_window_attempt_leaves_no_tiles(model, real_case_dir: Path, monkeypatch) -> None:

@@ -121,3 +121,33 @@ def test_fmt_and_template_are_packaged(repo: Path) -> None:
     package_data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pancreas_multitask"]
     template = (TEMPLATES / TEMPLATE).relative_to(repo / "lib" / "pancreas_multitask")
     assert any(template.match(pattern) for pattern in package_data)
+
+
+def test_one_class_set_shows_classification_as_not_assessable_and_postprocessing_before_after(tiny_phantom: Path, tmp_path: Path) -> None:
+    """Only subtype-1 cases (like the real CT set, all subtype 2): no 'macro-F1 1.00, pass'; pp Dice both ways."""
+    cases = [c for c in read_quiz_layout(tiny_phantom / "quiz" / "validation") + read_quiz_layout(tiny_phantom / "quiz" / "train") if c.subtype == 1]
+    final, raw = tmp_path / "pred", tmp_path / "pred" / "no_postprocessing"
+    raw.mkdir(parents=True)
+    lines = ["Names,Subtype,prob_subtype0,prob_subtype1,prob_subtype2"]
+    for case in cases:
+        img = nib.load(str(case.gt_file))
+        labels = np.rint(img.get_fdata()).astype(np.uint8)
+        noisy = labels.copy()
+        noisy[0, 0, 0] = 1  # a stray voxel: what keeping the largest component removes
+        nib.save(nib.Nifti1Image(noisy, img.affine), str(raw / case.mask_file))
+        nib.save(nib.Nifti1Image(labels, img.affine), str(final / case.mask_file))
+        lines.append(f"{case.mask_file},1,0.1,0.8,0.1")
+    (final / "subtype_results.csv").write_text("\n".join(lines) + "\n")
+    result = evaluate_folder(cases, final, final / "subtype_results.csv", tmp_path / "out", resamples=100, unprocessed_folder=raw)
+    summary = result.summary
+    assert summary["classification"] is None and "one-class set" in summary["classification_not_assessable"]
+    assert summary["targets"]["macro_f1"] == {**summary["targets"]["macro_f1"], "value": None, "passed": None}
+    pp = summary["postprocessing"]
+    assert pp["dsc_pancreas"]["with"]["mean"] == 1.0 and pp["dsc_pancreas"]["without"]["mean"] < 1.0
+    assert (result.per_case["dsc_pancreas_no_postprocessing"] < 1.0).all()
+    text = html.unescape(write_report(result, tmp_path / "report.html", checkpoint_split="validation", evaluated_split="validation").read_text())
+    summary_table = section(text, "summary")
+    assert "not assessable" in summary_table and "1.000" not in summary_table.split("macro-F1")[1]
+    assert "Not assessable: all" in text
+    rows = section(text, "postprocessing")
+    assert f"{pp['dsc_pancreas']['without']['mean']:.3f}" in rows and "chosen on the <b>validation</b> split" in text

@@ -56,6 +56,12 @@ def summary_lines(summary: dict, written: list[Path]) -> list[str]:
         lines.append(f"{target['label']}: {fmt(target['value'])} {fmt_ci(target['ci95'])} (target >= {target['threshold']:.2f}) {status}")
     if summary["classification"] is not None:
         lines.append(f"subtype accuracy: {fmt(summary['classification']['accuracy'])}")
+    elif summary.get("classification_not_assessable"):
+        lines.append(f"classification not assessable: {summary['classification_not_assessable']}")
+    for key, label in (("dsc_pancreas", "whole-pancreas DSC"), ("dsc_lesion", "lesion DSC")):
+        if summary.get("postprocessing"):
+            pp = summary["postprocessing"][key]
+            lines.append(f"{label} without / with postprocessing: {fmt(pp['without']['mean'])} / {fmt(pp['with']['mean'])}")
     lines.append(f"missing predictions: {len(summary['missing_predictions'])}, without ground truth: {len(summary['unexpected_predictions'])}")
     lines += [f"wrote {path}" for path in written]
     return lines
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluation.evaluate import METRICS_JSON, PER_CASE_CSV, evaluate_folder
     from .evaluation.ground_truth import read_answer_key, read_quiz_layout
     from .evaluation.report import REPORT_NAME, collect_provenance, write_report
+    from .postprocessing import UNPROCESSED
 
     try:
         if args.validation_data is not None:
@@ -79,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             masks = args.answer_masks or key.parent / ANSWER_KEY_MASKS
             cases, source = read_answer_key(key, masks, args.images), f"{key} (masks: {masks})"
             evaluated = args.evaluated_split or "test"
-        result = evaluate_folder(cases, args.prediction_folder, args.prediction_csv, args.output_folder, resamples=args.resamples, seed=args.seed, ground_truth_source=source)
+        unprocessed = args.prediction_folder / UNPROCESSED
+        result = evaluate_folder(cases, args.prediction_folder, args.prediction_csv, args.output_folder, resamples=args.resamples, seed=args.seed, ground_truth_source=source,
+                                 unprocessed_folder=unprocessed if unprocessed.is_dir() else None, postprocessing_chosen_on=args.checkpoint_split)
         parameters = {key: str(value) for key, value in vars(args).items() if value is not None}
         provenance = collect_provenance(Path(__file__).resolve().parents[2], args.manifest, args.profile, parameters, args.device)
         report = write_report(

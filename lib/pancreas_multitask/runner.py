@@ -26,7 +26,7 @@ from .io import write_json, write_text
 from .manifest import load_manifest
 from .runtime import HEADLESS_VAR, find_repo_root, git_revision, is_headless, library_versions
 
-PROFILES = ("demo", "smoke", "local", "colab")
+PROFILES = ("demo", "smoke", "realct", "local", "colab")
 
 
 def discover_notebooks(notebook_dir: Path) -> list[Path]:

@@ -1,20 +1,32 @@
-"""Synthetic CT phantom in the exact quiz layout (deterministic by seed).
+"""Synthetic CT phantom in the exact quiz layout (deterministic by seed), calibrated to the real quiz.
 
-Each case is an abdominal crop around a pancreas-like curved organ with one lesion, amid
-distractors (liver, vessels, kidneys, spine, bowel with air and oral contrast). The three
-subtypes differ only in the lesion's appearance; size, shape and position are drawn from the
-same distributions for every subtype, so the label cannot leak through them:
+Each case is an abdominal crop around a pancreas-like curved organ with a lesion, amid distractors
+(liver, vessels, kidneys, spine, bowel with air and oral contrast). What is drawn from the real
+quiz's 281 public masks (``REAL_QUIZ``, measured from ``real_stats/quiz_label_stats.csv``):
 
-* subtype 0 -- hypodense solid lesion (about 45 HU, textured) in parenchyma of about 100 HU;
-* subtype 1 -- cystic lesion: near-water interior (about 5 HU) with an enhancing rim;
-* subtype 2 -- hyperdense lesion (about 175 HU, textured).
+* the lesion's share of the foreground, per subtype, from the real quantiles (median 0.076 / 0.108
+  / 0.123), truncated below at ``LESION_FRACTION_FLOOR`` (4 %): the smallest real lesions (0.01 ml)
+  are below what a 10-minute CPU model at the demo's 1.4 mm grid can resolve;
+* the number of lesion components (about 80 % single, the rest 2 to 4 satellites);
+* the spread of spacing and field of view around the profile's median (the real z spacing runs
+  from 0.35x to 2x its median; clipped to 0.6x-1.5x so that a CPU case stays small).
 
-Lesions take 15-35 % of the foreground (pancreas + lesion), like the real data's ~23 %.
+The three subtypes overlap in mean lesion HU, as on real contrast CT, and differ in structure too:
+
+* subtype 0 -- solid, hypo-enhancing (PDAC-like): heterogeneous texture, an irregular infiltrative
+  edge, often an upstream dilated duct;
+* subtype 1 -- cystic: a homogeneous fluid interior, often thin enhancing septations or a rim,
+  sometimes a dilated duct;
+* subtype 2 -- solid, iso- to hyper-enhancing (PNET-like): well defined, often near iso-dense with the
+  parenchyma (then with a faint enhancing capsule), sometimes a necrotic core or calcifications.
+
+A threshold on the mean lesion HU therefore separates them poorly (macro-F1 about 0.4, tested),
+while features of the lesion's intensity distribution and texture do much better.
 Files carry the real data's quirks: float masks where some pancreas voxels hold
 1.0000152587890625, images stored as int16 with scl_slope/scl_inter, as plain int16 or as
 float32, LPS/RAS/LAS orientations and anisotropic, jittered spacing.
 
-CLI: ``python -m pancreas_multitask.dataset.phantom OUT_DIR [--profile-params FILE]``.
+CLI: ``python -m pancreas_multitask.dataset.phantom OUT_DIR [--params FILE]``.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -39,16 +51,96 @@ from ..runtime import progress
 
 MASK_QUIRK = 1.0000152587890625  # a value that occurs in the real float masks
 STAMP = "phantom.json"
-PHANTOM_VERSION = 2
-# lesion appearance per subtype: (core HU, texture sigma HU, rim HU or None)
-SUBTYPE_LOOK: dict[int, tuple[float, float, float | None]] = {
-    0: (45.0, 10.0, None),
-    1: (5.0, 3.0, 150.0),
-    2: (175.0, 10.0, None),
-}
-PARENCHYMA_HU = 100.0
+PHANTOM_VERSION = 3
+PARENCHYMA_HU = 100.0  # median; each case draws its own enhancement
 ORIENTATIONS = ("LPS", "RAS", "LAS")  # nibabel axis codes used for storage
 STORAGE = ("int16_scaled", "int16", "float32")
+NUM_SUBTYPES = 3
+LESION_FRACTION_FLOOR = 0.04  # smaller real lesions are not learnable in the CPU demo (see the module docstring)
+LESION_FRACTION_CAP = 0.6
+
+# Measured from real_stats/quiz_label_stats.csv (281 public quiz masks); tests/test_phantom.py checks
+# these numbers against that file. Quantile levels in percent.
+REAL_QUIZ: dict[str, Any] = {
+    "levels": (0, 5, 25, 50, 75, 95, 100),
+    "lesion_fraction": {  # lesion voxels / foreground voxels, per subtype
+        0: (0.0013, 0.011, 0.0244, 0.076, 0.1581, 0.4245, 0.8372),
+        1: (0.0001, 0.0083, 0.0419, 0.1084, 0.2258, 0.4907, 0.7089),
+        2: (0.0015, 0.0063, 0.0442, 0.1227, 0.2738, 0.6724, 0.9336),
+    },
+    "lesion_components": {  # share of cases with 1, 2, 3, 4+ components
+        0: (0.833, 0.045, 0.030, 0.091),
+        1: (0.832, 0.067, 0.042, 0.059),
+        2: (0.771, 0.125, 0.031, 0.073),
+    },
+    # per-case value / median, at the levels 5, 25, 50, 75, 95
+    "ratio_levels": (5, 25, 50, 75, 95),
+    "spacing_z": (0.35, 0.5, 1.0, 1.5, 2.0),
+    "spacing_xy": (0.825, 0.933, 1.0, 1.068, 1.218),
+    "fov": ((0.7, 0.838, 1.0, 1.175, 1.417), (0.732, 0.898, 1.0, 1.139, 1.317), (0.725, 0.901, 1.0, 1.095, 1.256)),  # z, y, x
+}
+SPACING_Z_CLIP = (0.6, 1.5)  # of the profile's median: CPU-sized cases
+
+
+@dataclass(frozen=True)
+class LesionLook:
+    """How one lesion looks; drawn per case from its subtype's distributions (``draw_look``)."""
+
+    contrast: float  # mean HU of the solid or fluid part minus the case's parenchyma HU
+    texture_sd: float  # HU
+    texture_scale: float  # voxels (smoothing of the texture field)
+    edge_irregularity: float  # amplitude of the boundary noise (0 = smooth ellipsoid)
+    rim: float | None = None  # HU above the parenchyma of a thin enhancing rim or capsule
+    septa: int = 0  # thin enhancing septations through a fluid interior
+    necrosis: float = 0.0  # radius fraction of a fluid core (0 = none)
+    calcifications: int = 0
+    duct: bool = False  # an upstream dilated main duct
+
+
+def draw_look(subtype: int, rng: np.random.Generator) -> LesionLook:
+    """Overlapping intensity, distinct structure (see the module docstring)."""
+    if subtype == 0:
+        return LesionLook(contrast=rng.normal(-38, 20), texture_sd=rng.uniform(20, 30), texture_scale=rng.uniform(1.5, 2.5),
+                          edge_irregularity=rng.uniform(0.18, 0.3), duct=bool(rng.random() < 0.6), calcifications=int(rng.random() < 0.1))
+    if subtype == 1:
+        return LesionLook(contrast=rng.normal(-65, 20), texture_sd=rng.uniform(2, 4), texture_scale=rng.uniform(1.5, 2.5), edge_irregularity=rng.uniform(0.03, 0.08),
+                          rim=rng.uniform(5, 40) if rng.random() < 0.4 else None, septa=int(rng.choice([0, 0, 0, 1, 2])),
+                          duct=bool(rng.random() < 0.25), calcifications=int(rng.random() < 0.1))
+    if subtype == 2:
+        iso = rng.random() < 0.3
+        return LesionLook(contrast=rng.normal(0, 7) if iso else rng.normal(35, 25), texture_sd=rng.uniform(4, 8), texture_scale=rng.uniform(0.6, 1.0),
+                          edge_irregularity=rng.uniform(0.04, 0.1), rim=rng.uniform(20, 40) if iso else None,
+                          necrosis=rng.uniform(0.35, 0.6) if rng.random() < 0.3 else 0.0, calcifications=int(rng.choice([0, 0, 0, 0, 1, 2])))
+    raise ValueError(f"the phantom draws subtypes 0..{NUM_SUBTYPES - 1}, got {subtype}")
+
+
+def _from_quantiles(rng: np.random.Generator, levels: Sequence[float], values: Sequence[float]) -> float:
+    """One draw from the distribution given by its quantiles (linear between them)."""
+    return float(np.interp(rng.uniform(0.0, 1.0), np.asarray(levels, dtype=float) / 100.0, np.asarray(values, dtype=float)))
+
+
+def draw_lesion_fraction(subtype: int, rng: np.random.Generator) -> float:
+    """The lesion's share of the foreground: the real per-subtype distribution, its lower half mapped onto
+    [floor, median] (so the median and the upper half stay the real ones), capped above."""
+    levels, values = REAL_QUIZ["levels"], REAL_QUIZ["lesion_fraction"][subtype]
+    value, median, smallest = _from_quantiles(rng, levels, values), values[levels.index(50)], values[0]
+    if value < median:
+        value = LESION_FRACTION_FLOOR + (median - LESION_FRACTION_FLOOR) * (value - smallest) / (median - smallest)
+    return min(value, LESION_FRACTION_CAP)
+
+
+def draw_geometry(config: "PhantomConfig", rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(spacing, field of view) in mm, z y x: the profile's medians times ratios drawn from the real quiz."""
+    levels = REAL_QUIZ["ratio_levels"]
+    z = float(np.clip(_from_quantiles(rng, levels, REAL_QUIZ["spacing_z"]), *SPACING_Z_CLIP))
+    xy = _from_quantiles(rng, levels, REAL_QUIZ["spacing_xy"])
+    fov = np.array([_from_quantiles(rng, levels, ratios) for ratios in REAL_QUIZ["fov"]])
+    return np.array(config.spacing) * np.array([z, xy, xy]), np.array(config.shape) * np.array(config.spacing) * fov
+
+
+def draw_components(subtype: int, rng: np.random.Generator) -> int:
+    shares = np.asarray(REAL_QUIZ["lesion_components"][subtype])
+    return int(rng.choice(np.arange(1, len(shares) + 1), p=shares / shares.sum()))
 
 
 @dataclass(frozen=True)
@@ -60,7 +152,6 @@ class PhantomConfig:
     test: int = 12
     shape: tuple[int, int, int] = (40, 64, 80)  # z, y, x voxels (median; jittered per case)
     spacing: tuple[float, float, float] = (2.5, 1.4, 1.4)  # z, y, x mm (median; jittered per case)
-    lesion_fraction: tuple[float, float] = (0.15, 0.35)
     seed: int = 0
 
     @classmethod
@@ -73,8 +164,8 @@ class PhantomConfig:
         config = cls(**kwargs)
         if len(config.train) != len(config.validation) or len(config.train) < 2:
             raise ValueError("phantom: train and validation must give one count per subtype")
-        if len(config.train) != len(SUBTYPE_LOOK):
-            raise ValueError(f"phantom: the phantom draws {len(SUBTYPE_LOOK)} subtypes, got {len(config.train)} counts")
+        if len(config.train) != NUM_SUBTYPES:
+            raise ValueError(f"phantom: the phantom draws {NUM_SUBTYPES} subtypes, got {len(config.train)} counts")
         return config
 
 
@@ -112,10 +203,68 @@ def _tube(grid: tuple[np.ndarray, ...], points: np.ndarray, radii: np.ndarray) -
     return np.sqrt(best)
 
 
+def _lesion_mask(grid: tuple[np.ndarray, ...], points: np.ndarray, anchor_index: int, pancreas: np.ndarray, fraction: float, irregularity: float, rng: np.random.Generator) -> np.ndarray:
+    """An ellipsoid-like lesion on the centreline, scaled (bisection) to ``fraction`` of the foreground."""
+    anchor = points[anchor_index] + rng.normal(0, 2.0, 3)
+    axis_ratio = np.array([1.0, rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0)])
+    edge = 1.0 + irregularity * _smooth_noise(rng, pancreas.shape, 2.5)
+    npan = pancreas.sum()
+
+    def lesion_at(scale: float) -> np.ndarray:
+        d = np.sqrt(sum(((g - c) / (scale * a)) ** 2 for g, c, a in zip(grid, anchor, axis_ratio)))
+        return d < edge
+
+    lo, hi = 0.3, 60.0
+    for _ in range(25):
+        mid = (lo + hi) / 2
+        les = lesion_at(mid)
+        frac = les.sum() / max(npan + (les & ~pancreas).sum(), 1)
+        lo, hi = (mid, hi) if frac < fraction else (lo, mid)
+    return lesion_at((lo + hi) / 2)
+
+
+def _satellite(grid: tuple[np.ndarray, ...], allowed: np.ndarray, voxels: float, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A small round lesion component of about ``voxels`` voxels, centred in ``allowed``."""
+    candidates = np.argwhere(allowed)
+    if not len(candidates):
+        return np.zeros(allowed.shape, bool)
+    centre_index = tuple(candidates[int(rng.integers(len(candidates)))])
+    centre = np.array([g[centre_index] for g in grid])
+    radius = max((3 * voxels * float(np.prod(spacing)) / (4 * np.pi)) ** (1 / 3), 1.5 * float(spacing.max()))
+    return _ellipsoid(grid, centre, np.full(3, radius))
+
+
+def _paint_lesion(image: np.ndarray, lesion: np.ndarray, look: LesionLook, parenchyma_hu: float, grid: tuple[np.ndarray, ...], spacing: np.ndarray, rng: np.random.Generator) -> None:
+    """Write the lesion's appearance (``look``) into ``image`` in place."""
+    texture = _smooth_noise(rng, image.shape, look.texture_scale)
+    image[lesion] = parenchyma_hu + look.contrast + look.texture_sd * texture[lesion]
+    interior = ndimage.binary_erosion(lesion)
+    if look.necrosis > 0:  # a fluid core
+        depth = ndimage.distance_transform_edt(lesion, sampling=spacing)
+        core = depth > (1 - look.necrosis) * depth.max()
+        image[core] = parenchyma_hu - 80 + 4.0 * texture[core]
+    if look.septa and interior.any():  # thin enhancing planes through the interior
+        coords = np.stack([g[lesion] for g in grid], axis=1)
+        centre, extent = coords.mean(axis=0), coords.std(axis=0).mean()
+        for _ in range(look.septa):
+            normal = rng.normal(size=3)
+            normal /= np.linalg.norm(normal)
+            distance = sum(n * (g - c) for n, g, c in zip(normal, grid, centre)) - rng.normal(0, 0.4) * extent
+            plane = interior & (np.abs(distance) < 0.6 * float(spacing.min()) + 0.4)
+            image[plane] = parenchyma_hu + rng.uniform(-10, 20)
+    if look.rim is not None:
+        shell = lesion & ~interior
+        image[shell] = parenchyma_hu + look.rim + 8.0 * texture[shell]
+    candidates = np.argwhere(interior)
+    for _ in range(look.calcifications if len(candidates) else 0):
+        centre = np.array([g[tuple(candidates[int(rng.integers(len(candidates)))])] for g in grid])
+        dot = _ellipsoid(grid, centre, np.full(3, max(1.2, float(spacing.min())))) & lesion
+        image[dot] = rng.uniform(350, 600)
+
+
 def generate_case(case_id: str, split: str, subtype: int, config: PhantomConfig, rng: np.random.Generator) -> PhantomCase:
     """Draw one case; anatomy is defined in mm around the crop centre."""
-    spacing = np.array(config.spacing) * np.array([rng.uniform(0.8, 1.2), *(rng.uniform(0.9, 1.1),) * 2])
-    fov = np.array(config.shape) * np.array(config.spacing) * rng.uniform(0.93, 1.07, 3)
+    spacing, fov = draw_geometry(config, rng)
     shape = tuple(int(n) for n in np.maximum(np.round(fov / spacing), 16))
     axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]
     grid = np.meshgrid(*axes, indexing="ij")  # z, y (posterior +), x (patient left +)
@@ -169,31 +318,19 @@ def generate_case(case_id: str, split: str, subtype: int, config: PhantomConfig,
         mask = mask & ~keep_out
         image[mask] = hu + sd * texture[mask]
 
-    # lesion: same size/shape/position distributions for every subtype
-    target = rng.uniform(*config.lesion_fraction)
-    anchor = points[int(rng.integers(8, 40))] + rng.normal(0, 2.0, 3)
-    axis_ratio = np.array([1.0, rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0)])
-    edge = 1.0 + 0.1 * _smooth_noise(rng, shape, 2.5)
-    npan = pancreas.sum()
-
-    def lesion_at(scale: float) -> np.ndarray:
-        d = np.sqrt(sum(((g - c) / (scale * a)) ** 2 for g, c, a in zip(grid, anchor, axis_ratio)))
-        return d < edge
-
-    lo, hi = 1.0, 60.0
-    for _ in range(25):
-        mid = (lo + hi) / 2
-        les = lesion_at(mid)
-        frac = les.sum() / max(npan + (les & ~pancreas).sum(), 1)
-        lo, hi = (mid, hi) if frac < target else (lo, mid)
-    lesion = lesion_at((lo + hi) / 2)
-
-    image[pancreas] = PARENCHYMA_HU + 8.0 * texture[pancreas]
-    core, sd, rim = SUBTYPE_LOOK[subtype]
-    image[lesion] = core + sd * _smooth_noise(rng, shape, 0.8)[lesion]
-    if rim is not None:
-        shell = lesion & ~ndimage.binary_erosion(lesion, iterations=2)
-        image[shell] = rim + 10.0 * texture[shell]
+    look = draw_look(subtype, rng)
+    parenchyma_hu = PARENCHYMA_HU + rng.normal(0, 12)  # enhancement varies with the contrast phase
+    image[pancreas] = parenchyma_hu + 8.0 * texture[pancreas]
+    anchor_index = int(rng.integers(8, 40))
+    lesion = _lesion_mask(grid, points, anchor_index, pancreas, draw_lesion_fraction(subtype, rng), look.edge_irregularity, rng)
+    for _ in range(draw_components(subtype, rng) - 1):  # satellites: 5-15 % of the main lesion each, nearby in the gland
+        satellite = _satellite(grid, pancreas & ~ndimage.binary_dilation(lesion, iterations=2), lesion.sum() * rng.uniform(0.05, 0.15), spacing, rng)
+        lesion |= satellite
+    if look.duct:  # upstream (towards the tail) dilated main duct, part of the pancreas label
+        duct = _tube(grid, points[anchor_index:], np.full(len(points) - anchor_index, rng.uniform(1.5, 2.5))) < 1
+        duct &= pancreas & ~lesion
+        image[duct] = parenchyma_hu - 85 + 5.0 * texture[duct]
+    _paint_lesion(image, lesion, look, parenchyma_hu, grid, spacing, rng)
 
     labels = np.zeros(shape, np.uint8)
     labels[pancreas] = 1

@@ -26,6 +26,8 @@ from .metrics import classification_metrics, evaluate_case, macro_f1_ci, mean_ci
 TARGETS = {"dsc_pancreas": 0.91, "dsc_lesion": 0.31, "macro_f1": 0.70}
 TARGET_LABELS = {"dsc_pancreas": "whole-pancreas DSC", "dsc_lesion": "lesion DSC", "macro_f1": "subtype macro-F1"}
 PER_CASE_COLUMNS = ["case", "mask_file", "image_file", "gt_file", "pred_file", "subtype_true", "subtype_pred", "prob_pred", "dsc_pancreas", "dsc_lesion"]
+DSC_KEYS = ("dsc_pancreas", "dsc_lesion")
+NO_PP_SUFFIX = "_no_postprocessing"  # per-case columns of the masks before nnU-Net's postprocessing
 METRICS_JSON, PER_CASE_CSV = "metrics.json", "per_case.csv"
 PROB_PREFIX = "prob_"
 
@@ -104,11 +106,30 @@ def segmentation_summary(values: pd.Series, resamples: int, seed: int) -> dict[s
     return {"n": len(values), "mean": float(values.mean()), "median": float(np.median(values)), "ci95": list(mean_ci(values, resamples=resamples, seed=seed))}
 
 
-def classification_summary(frame: pd.DataFrame, class_names: Sequence[str], resamples: int, seed: int) -> dict[str, Any] | None:
-    """Classification metrics with the macro-F1's bootstrap CI, over the cases with a predicted subtype."""
+def classification_not_assessable(frame: pd.DataFrame, class_names: Sequence[str]) -> str | None:
+    """Why the split cannot measure classification (no predicted subtype, or fewer than two true classes), else None.
+
+    On a one-class set every always-that-class classifier scores macro-F1 1.00: such a number says
+    nothing about telling subtypes apart, so it is not reported.
+    """
     known = frame.dropna(subset=["subtype_pred"])
     if known.empty:
+        return "no case has both a true and a predicted subtype"
+    present = sorted({int(k) for k in known["subtype_true"]})
+    if len(present) < 2:
+        return (f"all {len(known)} cases are {class_names[present[0]]}: a one-class set cannot measure subtype "
+                "classification (any classifier that always answers that class would score macro-F1 1.00)")
+    return None
+
+
+def classification_summary(frame: pd.DataFrame, class_names: Sequence[str], resamples: int, seed: int) -> dict[str, Any] | None:
+    """Classification metrics with the macro-F1's bootstrap CI, over the cases with a predicted subtype.
+
+    None when ``classification_not_assessable`` gives a reason.
+    """
+    if classification_not_assessable(frame, class_names) is not None:
         return None
+    known = frame.dropna(subset=["subtype_pred"])
     y_true, y_pred = known["subtype_true"].to_numpy(dtype=int), known["subtype_pred"].to_numpy(dtype=int)
     metrics = classification_metrics(y_true, y_pred, len(class_names))
     for entry in metrics["per_class"]:
@@ -144,11 +165,15 @@ def evaluate_folder(
     resamples: int = 2000,
     seed: int = 0,
     ground_truth_source: str = "",
+    unprocessed_folder: str | os.PathLike[str] | None = None,
+    postprocessing_chosen_on: str = "validation",
 ) -> EvaluationResult:
     """Score predicted masks and subtypes against ``ground_truth``; write ``metrics.json`` and ``per_case.csv`` to ``output_folder``.
 
     ``class_names`` default: the CSV's ``prob_*`` columns, else ``subtypeK`` up to the largest label.
     ``ground_truth_source`` (e.g. the quiz folder or the answer-key CSV) is recorded in the summary.
+    ``unprocessed_folder``: the same predictions before nnU-Net's postprocessing (what ``predict_cases``
+    writes to ``no_postprocessing/``); their Dice goes beside the postprocessed one (``summary["postprocessing"]``).
     """
     prediction_folder, prediction_csv = Path(prediction_folder), Path(prediction_csv)
     if not ground_truth:
@@ -166,14 +191,20 @@ def evaluate_folder(
         print(f"unexpected prediction: {entry['case']} ({entry['kind'].replace('_', ' ')} in {entry['file']}) has no ground truth", flush=True)
 
     per_case = per_case_table(ground_truth, masks, rows, [c for c in frame.columns if c.startswith(PROB_PREFIX)])
-    segmentation = {key: segmentation_summary(per_case[key], resamples, seed) for key in ("dsc_pancreas", "dsc_lesion")}
+    segmentation = {key: segmentation_summary(per_case[key], resamples, seed) for key in DSC_KEYS}
+    postprocessing = None
+    if unprocessed_folder is not None:
+        per_case, postprocessing = compare_postprocessing(per_case, ground_truth, Path(unprocessed_folder), resamples, seed)
+        postprocessing["chosen_on"] = postprocessing_chosen_on
     classification = classification_summary(per_case, names, resamples, seed)
     summary = {
         "sources": {"ground_truth": ground_truth_source, "prediction_folder": str(prediction_folder), "prediction_csv": str(prediction_csv)},
         "n_ground_truth_cases": len(ground_truth),
         "segmentation": segmentation,
         "classification": classification,
+        "classification_not_assessable": classification_not_assessable(per_case, names),
         "targets": target_table(segmentation, classification, complete=not missing),
+        "postprocessing": postprocessing,
         "missing_predictions": missing,
         "unexpected_predictions": unexpected,
         "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "method": "percentile, cases resampled with replacement"},
@@ -183,6 +214,23 @@ def evaluate_folder(
     if output_folder is not None:
         write_outputs(result, output_folder)
     return result
+
+
+def compare_postprocessing(per_case: pd.DataFrame, ground_truth: Sequence[GroundTruthCase], unprocessed_folder: Path, resamples: int, seed: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Dice of the masks before postprocessing, per case (``*_no_postprocessing`` columns) and summarised beside the final ones."""
+    unprocessed = predicted_masks(unprocessed_folder)
+    by_case = {c.case: c for c in ground_truth}
+    values: dict[str, list[float]] = {f"{key}{NO_PP_SUFFIX}": [] for key in DSC_KEYS}
+    for case in per_case["case"]:
+        dsc = evaluate_case(by_case[case].gt_file, unprocessed[case]) if case in unprocessed else dict.fromkeys(DSC_KEYS, math.nan)
+        for key in DSC_KEYS:
+            values[f"{key}{NO_PP_SUFFIX}"].append(dsc[key])
+    per_case = per_case.assign(**values)
+    summary = {
+        "unprocessed_folder": str(unprocessed_folder),
+        **{key: {"without": segmentation_summary(per_case[f"{key}{NO_PP_SUFFIX}"], resamples, seed), "with": segmentation_summary(per_case[key], resamples, seed)} for key in DSC_KEYS},
+    }
+    return per_case, summary
 
 
 def write_outputs(result: EvaluationResult, output_folder: str | os.PathLike[str]) -> tuple[Path, Path]:

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from ..io import write_text
 from ..runtime import git_revision, library_versions
 from ..visualization import training_curves
-from .evaluate import EvaluationResult, worst_first
+from .evaluate import TARGET_LABELS, EvaluationResult, worst_first
 from .figures import confusion_heatmap, dsc_by_subtype, worst_case_montage
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -139,8 +139,10 @@ def _splits_line(checkpoint_split: str, evaluated_split: str) -> tuple[str, bool
 
 def _summary_rows(result: EvaluationResult) -> list[dict[str, str]]:
     rows = []
-    for target in result.summary["targets"].values():
+    for key, target in result.summary["targets"].items():
         status = "not available" if target["passed"] is None else ("pass" if target["passed"] else "fail")
+        if key == "macro_f1" and result.summary.get("classification_not_assessable"):
+            status = "n/a: not assessable on this split"
         rows.append({"label": target["label"], "value": fmt(target["value"]), "ci": fmt_ci(target["ci95"]), "target": f"≥ {target['threshold']:.2f}", "status": status})
     return rows
 
@@ -166,6 +168,20 @@ def _classification(result: EvaluationResult) -> dict[str, Any] | None:
     per_class = [{"name": c["name"], "precision": fmt(c["precision"]), "recall": fmt(c["recall"]), "f1": fmt(c["f1"]), "support": c["support"]} for c in summary["per_class"]]
     return {"n": summary["n"], "macro_f1": fmt(summary["macro_f1"]), "macro_f1_ci": fmt_ci(summary["macro_f1_ci95"]), "accuracy": fmt(summary["accuracy"]),
             "per_class": per_class, "heatmap": figure_data_uri(confusion_heatmap(summary["confusion_matrix"], result.class_names))}
+
+
+def _postprocessing(result: EvaluationResult) -> dict[str, Any] | None:
+    """Mean Dice (with CI) without and with nnU-Net's postprocessing, per structure."""
+    pp = result.summary.get("postprocessing")
+    if not pp:
+        return None
+    rows = []
+    for key in ("dsc_pancreas", "dsc_lesion"):
+        without, with_ = pp[key]["without"], pp[key]["with"]
+        delta = None if without["mean"] is None or with_["mean"] is None else with_["mean"] - without["mean"]
+        rows.append({"label": TARGET_LABELS[key], "without": f"{fmt(without['mean'])} {fmt_ci(without['ci95'])}",
+                     "with": f"{fmt(with_['mean'])} {fmt_ci(with_['ci95'])}", "delta": "n/a" if delta is None else f"{delta:+.3f}"})
+    return {"rows": rows, "chosen_on": pp.get("chosen_on", "validation")}
 
 
 def _training(training_metrics: pd.DataFrame | str | os.PathLike[str] | None) -> tuple[str | None, str]:
@@ -225,6 +241,8 @@ def write_report(
         "unexpected": summary["unexpected_predictions"],
         "sources": summary["sources"],
         "classification": _classification(result),
+        "classification_not_assessable": summary.get("classification_not_assessable"),
+        "postprocessing": _postprocessing(result),
         "dsc_figure": figure_data_uri(dsc_by_subtype(result.per_case, result.class_names)) if segmentation["dsc_pancreas"]["n"] else None,
         "per_case": _per_case_rows(result),
         "montage": figure_data_uri(worst_case_montage(worst, result.class_names)) if len(worst) else None,

@@ -1,10 +1,12 @@
 """ResEncM planning through nnU-Net, and the reduced CPU variant derived from it as its own plans file.
 
-The GPU profiles train the ``nnUNetResEncUNetMPlans`` plan unchanged. The CPU profiles (demo, smoke)
-use ``nnUNetResEncUNetMPlans_cpu``: the same spacing, normalisation and preprocessed data, but
-features 8…64, batch 2 and a smaller patch, with the network topology recomputed by nnU-Net's own
-``get_pool_and_conv_props`` for that patch. On 2 CPU cores the full ResEncM network costs about 15 s
-per training iteration; the reduced one about 1 s.
+The GPU profiles train the ``nnUNetResEncUNetMPlans`` plan unchanged. The CPU profiles (demo, smoke,
+realct) use ``nnUNetResEncUNetMPlans_cpu``: the same normalisation, but features 8…64, batch 2 and a
+smaller patch, with the network topology recomputed by nnU-Net's own ``get_pool_and_conv_props`` for
+that patch. By default it keeps ResEncM's spacing and shares its preprocessed data; with ``spacing``
+set (realct: real quiz crops at 0.73 mm in-plane are too large for a CPU patch to see the gland) it
+resamples to that coarser grid and nnU-Net preprocesses it under its own data identifier. On 2 CPU
+cores the full ResEncM network costs about 15 s per training iteration; the reduced one under 1 s.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class ReducedPlan:
     base_features: int = 8
     max_features: int = 64
     batch_size: int = 2
+    spacing: tuple[float, float, float] | None = None  # z, y, x mm; None keeps the ResEncM plan's
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ReducedPlan":
@@ -58,6 +61,11 @@ def derive_reduced_plans(plans: Mapping[str, Any], reduced: ReducedPlan, name: s
     out = copy.deepcopy(dict(plans))
     out["plans_name"] = name
     config = out["configurations"][CONFIGURATION]
+    if reduced.spacing is not None:  # a coarser grid: nnU-Net preprocesses it separately
+        config["spacing"] = [float(s) for s in reduced.spacing]
+        config["data_identifier"] = f"{name}_{CONFIGURATION}"
+        if config.get("median_image_size_in_voxels"):  # the median case on the new grid
+            config["median_image_size_in_voxels"] = [round(float(n) * old / new, 1) for n, old, new in zip(config["median_image_size_in_voxels"], plans["configurations"][CONFIGURATION]["spacing"], reduced.spacing)]
     _, strides, kernels, patch, _ = get_pool_and_conv_props(config["spacing"], list(reduced.patch_size), MIN_FEATURE_MAP_EDGE, 999999)
     n_stages = len(strides)
     config["patch_size"] = [int(p) for p in patch]

@@ -4,7 +4,8 @@ The zip holds ``DatasetXXX_Name/<trainer>__<plans>__<configuration>/`` with ``pl
 ``dataset.json`` (with the subtype names), ``dataset_fingerprint.json`` and per fold the chosen
 checkpoint, ``debug.json``, ``progress.png`` and ``validation/summary.json``: what nnU-Net's own
 export writes (it does the writing). The project adds per fold ``multitask_settings.json`` (the
-head), ``training_metrics.csv`` and ``training_done.json`` (the training summary). nnU-Net's
+head), ``training_metrics.csv``, ``training_done.json`` (the training summary) and nnU-Net's
+``postprocessing.pkl``/``.json`` (determined on the validation split). nnU-Net's
 ``nnUNetv2_install_pretrained_model_from_zip`` installs it unchanged.
 """
 
@@ -21,7 +22,7 @@ from typing import Iterator, Sequence
 
 from ..io import atomic_path, write_json
 
-PROJECT_FILES = ("multitask_settings.json", "training_metrics.csv", "training_done.json")
+PROJECT_FILES = ("multitask_settings.json", "training_metrics.csv", "training_done.json", "postprocessing.pkl", "postprocessing.json")
 INSTALLED_STAMP = ".installed_from.json"
 
 

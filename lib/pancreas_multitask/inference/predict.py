@@ -2,9 +2,10 @@
 
     python -m pancreas_multitask.inference.predict -i IMAGES -o OUTPUT -m MODEL_FOLDER_OR_ZIP \\
         [-f 0 1 2 3 4] [-chk checkpoint_best.pth] [--mode fast|accurate] [-device cpu|cuda|auto] \\
-        [--num_parts N --part_id K] [--overwrite]
+        [--num_parts N --part_id K] [--overwrite] [--disable_postprocessing]
 
-The flags follow ``nnUNetv2_predict``. Exit status 1 when any input file could not be predicted
+nnU-Net's postprocessing stored with the model (``fold_K/postprocessing.pkl``) is applied unless
+``--disable_postprocessing``; the masks before it go to ``OUTPUT/no_postprocessing/``. The flags follow ``nnUNetv2_predict``. Exit status 1 when any input file could not be predicted
 (each is listed by name); the other cases are still written.
 """
 
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="predict cases that already have outputs again")
     parser.add_argument("--models_dir", default="", help="where a model zip is unpacked (default: a 'models' folder beside OUTPUT)")
     parser.add_argument("--file_ending", default=".nii.gz")
+    parser.add_argument("--disable_postprocessing", action="store_true", help="do not apply the postprocessing stored with the model")
     return parser.parse_args(argv)
 
 
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         cores = str(runtime.available_cores())
         for key, value in {"nnUNet_compile": "f", "nnUNet_def_n_proc": cores}.items():
             os.environ.setdefault(key, value)
+    from ..postprocessing import describe
     from .model_sharing import resolve_model
     from .predictor import input_cases, make_predictor, predict_cases
 
@@ -53,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         print(f"no *_0000{args.file_ending} images in {inputs}", file=sys.stderr)
         return 1
-    predictor = make_predictor(model, args.mode, device, folds, args.checkpoint)
-    print(f"model {model} | folds {folds} | {args.checkpoint} | mode {args.mode} | device {device} | {len(cases)} case(s), part {args.part_id + 1}/{args.num_parts}")
+    predictor = make_predictor(model, args.mode, device, folds, args.checkpoint, postprocessing=not args.disable_postprocessing)
+    print(f"model {model} | folds {folds} | {args.checkpoint} | mode {args.mode} | device {device} | postprocessing: {describe(predictor.postprocessing)} "
+          f"| {len(cases)} case(s), part {args.part_id + 1}/{args.num_parts}")
     report = predict_cases(predictor, cases, args.output, args.overwrite, args.num_parts, args.part_id, args.file_ending)
     print(f"predicted {len(report.predicted)}, skipped {len(report.skipped)} (done before), failed {len(report.failed)} -> {args.output}")
     if report.failed:

@@ -30,6 +30,8 @@ from ..runtime import is_headless, progress
 from ..training.network import MultitaskNetwork, build_multitask_network
 from ..training.run import TRAINER_NAME
 from ..training.settings import MultitaskSettings
+from ..postprocessing import UNPROCESSED, Postprocessing, load_postprocessing, postprocessing_file
+from ..postprocessing import apply as apply_postprocessing
 from .aggregation import aggregate_class_probabilities, tile_foreground
 
 CSV_NAME = "subtype_results.csv"
@@ -58,8 +60,18 @@ class InferenceMode:
 MODES = {"accurate": InferenceMode(0.5, True), "fast": InferenceMode(0.5, True, 4, ((0, 1, 2),))}
 
 
-def make_predictor(model_folder: str | Path, mode: str | InferenceMode = "accurate", device: str = "cpu", folds: Sequence[int | str] = (0,), checkpoint_name: str = "checkpoint_best.pth") -> "MultitaskPredictor":
-    """A ready predictor for ``mode`` (``accurate``, ``fast`` or explicit settings)."""
+def make_predictor(
+    model_folder: str | Path,
+    mode: str | InferenceMode = "accurate",
+    device: str = "cpu",
+    folds: Sequence[int | str] = (0,),
+    checkpoint_name: str = "checkpoint_best.pth",
+    postprocessing: bool = True,
+) -> "MultitaskPredictor":
+    """A ready predictor for ``mode`` (``accurate``, ``fast`` or explicit settings).
+
+    ``postprocessing``: apply nnU-Net's postprocessing stored with the model, when it has one.
+    """
     if isinstance(mode, str):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
@@ -69,6 +81,8 @@ def make_predictor(model_folder: str | Path, mode: str | InferenceMode = "accura
         perform_everything_on_device=device == "cuda", device=torch.device(device), allow_tqdm=False,
     )
     predictor.initialize_from_model_folder(model_folder, folds, checkpoint_name)
+    if postprocessing:
+        predictor.use_postprocessing_of(model_folder, folds)
     return predictor
 
 
@@ -78,6 +92,14 @@ class MultitaskPredictor(nnUNetPredictor):
     def __init__(self, *args, tile_batch_size: int = 1, mirrors: tuple[tuple[int, ...], ...] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.tile_batch_size, self.mirrors = tile_batch_size, mirrors
+        self.postprocessing: Postprocessing | None = None
+        self.postprocessing_source: Path | None = None
+
+    def use_postprocessing_of(self, model_folder: str | Path, folds: Sequence[int | str]) -> None:
+        """Apply the model's nnU-Net postprocessing (``postprocessing.pkl``) to every exported mask, if it has one."""
+        source = postprocessing_file(model_folder, folds)
+        self.postprocessing = load_postprocessing(source) if source is not None else None
+        self.postprocessing_source = source
 
     @torch.inference_mode()
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -219,7 +241,7 @@ def predict_cases(
             if not overwrite and mask.is_file() and sidecar.is_file():
                 report.skipped.append(case_id)
                 continue
-            for stale in (sidecar, mask):  # a case that fails now must not keep an older result
+            for stale in (sidecar, mask, out / UNPROCESSED / mask.name):  # a case that fails now must not keep an older result
                 stale.unlink(missing_ok=True)
             start = time.perf_counter()
             try:
@@ -248,11 +270,21 @@ def _completed(value: object) -> Future:
 
 
 def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logits: torch.Tensor, properties: dict, probabilities: np.ndarray, mask: Path, sidecar: Path, start: float) -> tuple[str, Path, dict | Exception]:
-    """Mask, then sidecar, each atomically: a case counts as done only when both exist; a failure leaves neither."""
+    """Mask, then sidecar, each atomically: a case counts as done only when both exist; a failure leaves neither.
+
+    With postprocessing, the mask before it goes to ``no_postprocessing/`` first.
+    """
+    writer = predictor.plans_manager.image_reader_writer_class()
     try:
         segmentation = predictor.export_segmentation(logits, properties)
+        if predictor.postprocessing is not None:
+            unprocessed = mask.parent / UNPROCESSED / mask.name
+            unprocessed.parent.mkdir(exist_ok=True)
+            with atomic_path(unprocessed) as tmp:
+                writer.write_seg(segmentation, str(tmp), properties)
+            segmentation = apply_postprocessing(segmentation, predictor.postprocessing)
         with atomic_path(mask) as tmp:
-            predictor.plans_manager.image_reader_writer_class().write_seg(segmentation, str(tmp), properties)
+            writer.write_seg(segmentation, str(tmp), properties)
         record = {"Names": mask.name, "probabilities": [float(p) for p in probabilities], "seconds": time.perf_counter() - start}
         write_json(sidecar, record)
         return case_id, image, record

@@ -23,7 +23,7 @@ import yaml
 
 from ..io import write_json
 from ..manifest import Manifest, ProfilePaths, load_manifest
-from ..runtime import configure_nnunet, detect_device
+from ..runtime import available_cores, configure_nnunet, detect_device
 from .settings import MultitaskSettings, settings_from_parameters
 
 CONFIGURATION = "3d_fullres"
@@ -37,6 +37,7 @@ class TrainingResult:
     stop_reason: str
     selected_checkpoint: Path
     final_validation: Path | None  # nnU-Net's summary.json of the full-volume validation
+    postprocessing: Path | None = None  # nnU-Net's postprocessing.json, determined on that validation
 
     def final_dice(self) -> dict[str, float]:
         """Mean full-volume Dice per dataset.json label name, from nnU-Net's final validation."""
@@ -117,28 +118,43 @@ def train(
     done = output / DONE_FILE
     summary = output / "validation" / "summary.json"
     record = {"settings": json.loads(json.dumps(settings.to_dict())), "inputs": training_inputs(paths, manifest, plans_name)}
+    gt_folder = paths.nnunet_preprocessed / manifest.dataset_name / "gt_segmentations"
     if not force and done.is_file() and (summary.is_file() or not final_validation):
         previous = json.loads(done.read_text())
         if {k: previous.get(k) for k in record} == record:
             print(f"already trained with these settings and data ({output}); force=True retrains", flush=True)
-            return TrainingResult(output, output / METRICS_FILE, previous["stop_reason"], output / "checkpoint_best.pth", summary if final_validation else None)
+            pp = ensure_postprocessing(output, gt_folder) if final_validation else None
+            return TrainingResult(output, output / METRICS_FILE, previous["stop_reason"], output / "checkpoint_best.pth", summary if final_validation else None, pp)
     done.unlink(missing_ok=True)  # from here on the fold is not finished
 
     seed_everything(settings.seed)
     if num_gpus > 1:
         stop_reason = train_ddp(manifest, plans_name, settings, fold, num_gpus, resume, output)
+        pp = ensure_postprocessing(output, gt_folder)
         write_json(done, {**record, "stop_reason": stop_reason})
-        return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary)
+        return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary, pp)
     trainer = build_trainer(paths.nnunet_preprocessed / manifest.dataset_name, plans_name, fold, device, continue_training=resume)
     trainer.configure(settings)
     if resume:
         maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
     trainer.run_training()
+    pp = None
     if final_validation:
         trainer.perform_actual_validation(save_probabilities=False)
+        pp = ensure_postprocessing(output, gt_folder, force=True)
     stop_reason = trainer.stop_reason or f"reached the maximum of {trainer.num_epochs} epochs"
     write_json(done, {**record, "stop_reason": stop_reason})
-    return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary if final_validation else None)
+    return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary if final_validation else None, pp)
+
+
+def ensure_postprocessing(fold_folder: Path, gt_folder: Path, force: bool = False) -> Path:
+    """nnU-Net's postprocessing for this fold, determined on its full-volume validation unless already there."""
+    from ..postprocessing import PP_JSON, PP_PICKLE, describe, determine_for_fold, load_postprocessing
+
+    if force or not (fold_folder / PP_PICKLE).is_file():
+        determine_for_fold(fold_folder, gt_folder, available_cores())
+        print(f"postprocessing (determined on the validation split): {describe(load_postprocessing(fold_folder / PP_PICKLE))}", flush=True)
+    return fold_folder / PP_JSON
 
 
 def train_ddp(manifest: Manifest, plans_name: str, settings: MultitaskSettings, fold: int | str, num_gpus: int, resume: bool, output: Path) -> str:

@@ -119,6 +119,9 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         weights = class_weights(counts, self.settings.class_weight_smoothing)
         self.cls_loss = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device))
         message = f"subtype counts in the training split: {counts.tolist()}; class weights: {np.round(weights, 4).tolist()}"
+        if not self.classification_measurable():
+            message += ("\nthe validation cases hold one subtype only: macro-F1 cannot be measured, so the checkpoint "
+                        "is selected on the EMA pseudo-Dice alone")
         self.print_to_log_file(message, also_print_to_console=False)
         print(message, flush=True)
 
@@ -188,17 +191,25 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         labels = list(range(self.settings.head.num_classes))
         return float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)), float(accuracy_score(truth, predicted))
 
+    def classification_measurable(self) -> bool:
+        """Whether the validation cases hold at least two subtypes; on one class macro-F1 means nothing."""
+        return len({self._subtype(k) for k in self._case_keys[1]}) >= 2
+
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         super().on_validation_epoch_end(val_outputs)
         epoch = self.current_epoch
-        if epoch % self.settings.case_val_every == 0 or epoch == self.num_epochs - 1:
+        measurable = self.classification_measurable()
+        if not measurable:  # e.g. the real CT set (subtype 2 only): select on segmentation alone
+            f1, accuracy = float("nan"), float("nan")
+        elif epoch % self.settings.case_val_every == 0 or epoch == self.num_epochs - 1:
             f1, accuracy = self.case_level_validation()
         else:  # carried forward between case-level passes
             f1, accuracy = self.logger.get_value("val_macro_f1", epoch - 1), self.logger.get_value("val_accuracy", epoch - 1)
         self.logger.log("val_macro_f1", f1, epoch)
         self.logger.log("val_accuracy", accuracy, epoch)
         ema = self.logger.get_value("ema_fg_dice", epoch)
-        self.logger.log("val_criterion", criterion(ema, f1, self.settings.criterion_dice_weight), epoch)
+        dice_weight = self.settings.criterion_dice_weight if measurable else 1.0
+        self.logger.log("val_criterion", criterion(ema, 0.0 if not measurable else f1, dice_weight), epoch)
 
     # ---- epoch bookkeeping, checkpoints, early stopping ---------------------------------------------
     def early_stop_reason(self) -> str | None:

@@ -1,0 +1,102 @@
+"""nnU-Net's postprocessing, determined and applied with nnU-Net's own functions.
+
+nnU-Net decides per label or region whether keeping only the largest connected component raises
+the mean Dice of full-volume predictions (``determine_postprocessing``), and applies what helped
+(``apply_postprocessing``). The project determines it on the fold's final full-volume validation
+(the validation split, the split that also selected the checkpoint) and keeps the result beside the
+checkpoints as ``fold_K/postprocessing.pkl`` (and nnU-Net's ``postprocessing.json``, which records
+the Dice before and after), so the exported zip carries it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .io import atomic_path
+
+PP_PICKLE = "postprocessing.pkl"
+PP_JSON = "postprocessing.json"
+VALIDATION_FOLDER = "validation"  # where nnU-Net's final validation writes its predictions
+UNPROCESSED = "no_postprocessing"  # inference keeps the masks before postprocessing here, for the before/after Dice
+
+Postprocessing = tuple[list[Callable], list[dict[str, Any]]]
+
+
+def determine_for_fold(fold_folder: str | Path, gt_folder: str | Path, num_processes: int = 2) -> dict[str, Any]:
+    """Run nnU-Net's ``determine_postprocessing`` on the fold's validation predictions; keep its result in the fold folder.
+
+    ``gt_folder`` is nnU-Net's ``gt_segmentations`` of the preprocessed dataset. Returns nnU-Net's
+    ``postprocessing.json`` content (functions, Dice before and after).
+    """
+    from nnunetv2.postprocessing.remove_connected_components import determine_postprocessing
+
+    fold_folder = Path(fold_folder)
+    predictions = fold_folder / VALIDATION_FOLDER
+    model = fold_folder.parent
+    if not (predictions / "summary.json").is_file():
+        raise FileNotFoundError(f"{predictions}: no full-volume validation (summary.json) to determine the postprocessing on")
+    with tempfile.TemporaryDirectory(prefix=".pp_ref-", dir=fold_folder) as ref:
+        # the reference holds exactly the validated cases (gt_segmentations has every training case too)
+        for prediction in predictions.glob(f"*{json.loads((model / 'dataset.json').read_text())['file_ending']}"):
+            os.symlink(Path(gt_folder).resolve() / prediction.name, Path(ref) / prediction.name)
+        determine_postprocessing(str(predictions), ref, str(model / "plans.json"), str(model / "dataset.json"), num_processes, keep_postprocessed_files=False)
+    for name in (PP_PICKLE, PP_JSON):  # atomically, beside the checkpoints
+        with atomic_path(fold_folder / name) as tmp:
+            shutil.copyfile(predictions / name, tmp)
+    return json.loads((fold_folder / PP_JSON).read_text())
+
+
+def postprocessing_file(model_folder: str | Path, folds: Sequence[int | str]) -> Path | None:
+    """The postprocessing that applies to ``folds`` of a model: one of nnU-Net's for the whole model folder
+    (``nnUNetv2_determine_postprocessing`` on cross-validation results, put beside plans.json), else the single fold's."""
+    model_folder = Path(model_folder)
+    if (model_folder / PP_PICKLE).is_file():
+        return model_folder / PP_PICKLE
+    if len(folds) == 1 and (model_folder / f"fold_{folds[0]}" / PP_PICKLE).is_file():
+        return model_folder / f"fold_{folds[0]}" / PP_PICKLE
+    return None
+
+
+def load_postprocessing(path: str | Path) -> Postprocessing:
+    """``(functions, kwargs)`` from nnU-Net's ``postprocessing.pkl`` (what ``apply_postprocessing`` takes)."""
+    with open(path, "rb") as handle:
+        functions, kwargs = pickle.load(handle)
+    return list(functions), list(kwargs)
+
+
+def describe(postprocessing: Postprocessing | None) -> str:
+    """A readable line, e.g. ``keep the largest component of (1, 2)``."""
+    if postprocessing is None:
+        return "none"
+    functions, kwargs = postprocessing
+    if not functions:
+        return "determined: nothing helped, masks unchanged"
+    return "; ".join(f"{_name(fn)} of {_labels(kw.get('labels_or_regions'))}" for fn, kw in zip(functions, kwargs))
+
+
+def _name(function: Callable) -> str:
+    return "keep the largest connected component" if function.__name__ == "remove_all_but_largest_component_from_segmentation" else function.__name__
+
+
+def _labels(value: Any) -> str:
+    """nnU-Net's labels or regions as plain numbers: ``[1, 2]`` (all foreground), ``(1, 2)`` (a region), ``2``."""
+    if isinstance(value, list):
+        return "labels " + ", ".join(_labels(v) for v in value)
+    if isinstance(value, tuple):
+        return "region (" + ", ".join(str(int(v)) for v in value) + ")"
+    return str(int(value))
+
+
+def apply(segmentation: np.ndarray, postprocessing: Postprocessing) -> np.ndarray:
+    """nnU-Net's ``apply_postprocessing``."""
+    from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
+
+    return apply_postprocessing(segmentation, *postprocessing)
