@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,13 @@ def test_repo_manifest_loads(manifest) -> None:
     assert manifest.dataset_name == "Dataset501_PancreasQuiz"
     assert manifest.labels == {"background": 0, "pancreas": 1, "lesion": 2}
     assert manifest.subtypes == ("subtype0", "subtype1", "subtype2")
-    assert set(manifest.profiles) == {"demo", "smoke", "local", "colab"}
+    assert set(manifest.profiles) == {"demo", "smoke", "realct", "local", "colab"}
     assert manifest.layout.image.match("quiz_1_042_0000.nii.gz")["case"] == "quiz_1_042"
     assert manifest.layout.mask.match("quiz_1_042.nii.gz")["subtype"] == "1"
     assert manifest.layout.test_image.match("quiz_042_0000.nii.gz")["case"] == "quiz_042"
     assert manifest.layout.image.match("quiz_1_042.nii.gz") is None
+    if "PANCREAS_REAL_CT_DIR" not in os.environ:  # the real CT beside the project, read in place
+        assert manifest.paths("realct").raw == (REPO.parent / "shared" / "data" / "real_ct").resolve()
 
 
 def test_relative_paths_resolve_against_the_manifest_folder(manifest) -> None:

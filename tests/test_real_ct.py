@@ -22,7 +22,7 @@ from pancreas_multitask.experiment_planning.plans import CPU_PLANS, ReducedPlan
 from pancreas_multitask.experiment_planning.prepare import prepare
 from pancreas_multitask.manifest import ProfilePaths
 from pancreas_multitask.postprocessing import PP_JSON, PP_PICKLE
-from pancreas_multitask.runtime import configure_nnunet
+from pancreas_multitask.runtime import nnunet_environment
 from pancreas_multitask.training.run import train
 from pancreas_multitask.training.settings import HeadConfig, LossSchedule, MultitaskSettings
 
@@ -56,7 +56,7 @@ def real_quiz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_real_cases_train_predict_and_evaluate(real_quiz: Path, manifest, tmp_path: Path, monkeypatch) -> None:
     before = snapshot(REAL_CT)
     paths = ProfilePaths(raw=real_quiz, work=tmp_path / "work", test_answers=None)
-    for key, value in configure_nnunet(paths, "cpu").items():
+    for key, value in nnunet_environment(paths, "cpu").items():  # monkeypatch restores what other tests set
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("nnUNet_n_proc_DA", "1")
     reduced = ReducedPlan(patch_size=(16, 32, 32), max_features=32, spacing=(3.0, 2.0, 2.0))

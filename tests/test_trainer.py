@@ -149,3 +149,27 @@ def test_multi_gpu_training_goes_through_nnunet_ddp_launcher(tiny_prepared, mani
 
     found = recursive_find_python_class(str(TRAINERS_FOLDER), TRAINER_NAME, None, base_folder=str(TRAINERS_FOLDER))
     assert found is not None and found.__name__ == TRAINER_NAME
+
+
+def test_subtype_loss_only_on_patches_that_show_the_lesion(tiny_prepared, manifest, results) -> None:
+    """A patch without the (pooled) lesion carries no subtype evidence: it is left out of the classification loss."""
+    from pancreas_multitask.training.settings import HeadConfig
+
+    trainer = _trainer(tiny_prepared, manifest, MultitaskSettings(num_epochs=1, head=HeadConfig(pooling="lesion"), **TINY_RUN))
+    trainer.on_train_start()
+    try:
+        batch = next(trainer.dataloader_train)
+        highest = batch["target"][0]
+        highest[0] = 0  # sample 0 shows nothing; sample 1 gets a lesion block (region channels: whole pancreas, lesion)
+        highest[1, :, :4, :8, :8] = 1
+        seen = []
+        loss = trainer.cls_loss
+        trainer.cls_loss = lambda logits, labels: (seen.append(len(labels)), loss(logits, labels))[1]
+        trainer.train_step(batch)
+        assert seen == [1]
+        highest[1] = 0  # no patch shows a lesion: no classification loss at all
+        trainer.train_step(batch)
+        assert seen == [1]
+    finally:
+        for loader in (trainer.dataloader_train, trainer.dataloader_val):
+            loader._finish()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pancreas_multitask.inference.aggregation import aggregate_class_probabilities, tile_foreground
+from pancreas_multitask.inference.aggregation import aggregate_class_probabilities, tile_foreground, tile_weight
 from pancreas_multitask.training.network import ClassificationHead, build_multitask_network
 from pancreas_multitask.training.schedule import best_epoch, class_weights, criterion, loss_weights, should_stop
 from pancreas_multitask.training.settings import HeadConfig, LossSchedule, MultitaskSettings
@@ -176,3 +176,14 @@ def test_settings_from_profile_parameters(repo) -> None:
     assert s.head_lr_factor == demo["trainer_extra"]["head_lr_factor"]
     gpu = settings_from_parameters(yaml.safe_load((repo / "notebooks" / "params" / "local.yaml").read_text()), num_classes=3)
     assert (gpu.num_epochs, gpu.iterations_per_epoch, gpu.initial_lr, gpu.patience) == (500, 250, 1e-4, 100)
+
+
+def test_under_lesion_pooling_tiles_that_show_lesion_decide() -> None:
+    seg = torch.full((3, 2, 4, 4, 4), -20.0)
+    seg[:, 0] = 20.0  # every tile all foreground
+    seg[1, 1, :2] = 20.0  # tile 1: half of it lesion
+    weights = tile_weight(seg, has_regions=True, pooling="lesion")
+    assert weights[1] > 100 * weights[0] and weights[0] == pytest.approx(weights[2])
+    assert torch.equal(tile_weight(seg, has_regions=True, pooling="foreground"), torch.ones(3))
+    no_lesion = tile_weight(seg[[0, 2]], has_regions=True, pooling="lesion")  # no tile shows lesion: foreground decides
+    assert no_lesion.min() > 0

@@ -9,6 +9,7 @@ is their foreground-weighted average (``aggregation.py``).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import time
@@ -32,7 +33,7 @@ from ..training.run import TRAINER_NAME
 from ..training.settings import MultitaskSettings
 from ..postprocessing import UNPROCESSED, Postprocessing, load_postprocessing, postprocessing_file
 from ..postprocessing import apply as apply_postprocessing
-from .aggregation import aggregate_class_probabilities, tile_foreground
+from .aggregation import aggregate_class_probabilities, tile_weight
 
 CSV_NAME = "subtype_results.csv"
 SIDECAR = ".subtype.json"  # per-case class probabilities and timing; the CSV is rebuilt from them
@@ -139,11 +140,26 @@ class MultitaskPredictor(nnUNetPredictor):
         self.subtype_names = list(dataset_json.get("subtypes", [f"subtype{k}" for k in range(settings.head.num_classes)]))
         self._tiles: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json, TRAINER_NAME, mirror_axes)
+        self._checkpoints = [model_folder / f"fold_{fold}" / checkpoint_name for fold in folds]
+
+    def fingerprint(self) -> str:
+        """What produced a result: the checkpoints' bytes, the sliding-window settings and the postprocessing.
+
+        A re-run skips a finished case only when it was made by the same fingerprint from the same input file.
+        """
+        digest = hashlib.sha256()
+        for path in [*self._checkpoints, *([self.postprocessing_source] if self.postprocessing is not None and self.postprocessing_source else [])]:
+            digest.update(path.name.encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        digest.update(repr((self.tile_step_size, self.use_mirroring, self.mirrors, self.postprocessing is not None)).encode())
+        return digest.hexdigest()[:16]
 
     def _collect_tile(self, module: MultitaskNetwork, inputs, output) -> None:
         segmentation = output[0] if isinstance(output, (list, tuple)) else output
         self._tiles[0].append(module.last_class_logits.float().cpu())
-        self._tiles[1].append(tile_foreground(segmentation, module.has_regions).cpu())
+        self._tiles[1].append(tile_weight(segmentation, module.has_regions, module.head.config.pooling).cpu())
 
     @torch.inference_mode()
     def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers, do_on_device: bool = True) -> torch.Tensor:
@@ -222,7 +238,9 @@ def predict_cases(
 ) -> PredictionReport:
     """Write ``<case>.nii.gz`` masks and ``subtype_results.csv``; every file atomically.
 
-    Cases already done are skipped unless ``overwrite``; ``num_parts``/``part_id`` split the cases
+    A case already done by the same model, settings and postprocessing from the same input file
+    (``MultitaskPredictor.fingerprint`` and the input's size and mtime, kept in its sidecar) is skipped
+    unless ``overwrite``; anything else is predicted again. ``num_parts``/``part_id`` split the cases
     between processes (each writes its share; the CSV is rebuilt from all per-case results). A bad
     input is reported by name and leaves no output; the other cases still run.
     """
@@ -231,6 +249,7 @@ def predict_cases(
     out = Path(output_folder)
     out.mkdir(parents=True, exist_ok=True)
     report = PredictionReport()
+    made_by = predictor.fingerprint()
     # on CUDA the export (resampling back on the CPU, writing) of a case runs in a thread while the GPU
     # predicts the next case; on CPU both would compete for the same cores, so it runs in line
     exporter = ThreadPoolExecutor(max_workers=1) if predictor.device.type == "cuda" else None
@@ -238,7 +257,7 @@ def predict_cases(
     try:
         for case_id, image in progress(list(cases)[part_id::num_parts], "predicting", unit="case"):
             mask, sidecar = out / f"{case_id}{file_ending}", out / f"{case_id}{SIDECAR}"
-            if not overwrite and mask.is_file() and sidecar.is_file():
+            if not overwrite and mask.is_file() and _made_by(sidecar, made_by, image):
                 report.skipped.append(case_id)
                 continue
             for stale in (sidecar, mask, out / UNPROCESSED / mask.name):  # a case that fails now must not keep an older result
@@ -252,7 +271,7 @@ def predict_cases(
                 continue
             if pending is not None:
                 _collect(pending, report)
-            job = (predictor, case_id, image, logits, properties, probabilities, mask, sidecar, start)
+            job = (predictor, case_id, image, logits, properties, probabilities, mask, sidecar, start, made_by)
             pending = exporter.submit(_export_case, *job) if exporter else _completed(_export_case(*job))
         if pending is not None:
             _collect(pending, report)
@@ -269,7 +288,21 @@ def _completed(value: object) -> Future:
     return future
 
 
-def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logits: torch.Tensor, properties: dict, probabilities: np.ndarray, mask: Path, sidecar: Path, start: float) -> tuple[str, Path, dict | Exception]:
+def _input_stamp(image: Path) -> list[int]:
+    stat = image.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _made_by(sidecar: Path, fingerprint: str, image: Path) -> bool:
+    """The case's finished result came from this model and settings, and from this very input file."""
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("model") == fingerprint and record.get("input") == _input_stamp(image)
+
+
+def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logits: torch.Tensor, properties: dict, probabilities: np.ndarray, mask: Path, sidecar: Path, start: float, made_by: str) -> tuple[str, Path, dict | Exception]:
     """Mask, then sidecar, each atomically: a case counts as done only when both exist; a failure leaves neither.
 
     With postprocessing, the mask before it goes to ``no_postprocessing/`` first.
@@ -285,11 +318,13 @@ def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logit
             segmentation = apply_postprocessing(segmentation, predictor.postprocessing)
         with atomic_path(mask) as tmp:
             writer.write_seg(segmentation, str(tmp), properties)
-        record = {"Names": mask.name, "probabilities": [float(p) for p in probabilities], "seconds": time.perf_counter() - start}
+        record = {"Names": mask.name, "probabilities": [float(p) for p in probabilities], "seconds": time.perf_counter() - start,
+                  "model": made_by, "input": _input_stamp(image)}
         write_json(sidecar, record)
         return case_id, image, record
     except Exception as exc:
         mask.unlink(missing_ok=True)
+        (mask.parent / UNPROCESSED / mask.name).unlink(missing_ok=True)
         return case_id, image, exc
 
 

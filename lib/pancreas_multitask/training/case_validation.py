@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..inference.aggregation import aggregate_class_probabilities, tile_foreground
+from ..inference.aggregation import aggregate_class_probabilities, tile_weight
 
 
 @torch.no_grad()
@@ -29,5 +29,5 @@ def classify_case(network, data: np.ndarray, patch_size: Sequence[int], step: fl
         segmentation = network(batch)
         full = segmentation[0] if isinstance(segmentation, (list, tuple)) else segmentation
         logits.append(network.last_class_logits.float().cpu())
-        weights.append(tile_foreground(full, network.has_regions).cpu())
+        weights.append(tile_weight(full, network.has_regions, network.head.config.pooling).cpu())
     return aggregate_class_probabilities(torch.cat(logits), torch.cat(weights)).numpy()

@@ -23,6 +23,7 @@ import yaml
 
 from ..io import write_json
 from ..manifest import Manifest, ProfilePaths, load_manifest
+from ..postprocessing import PP_JSON, PP_PICKLE
 from ..runtime import available_cores, configure_nnunet, detect_device
 from .settings import MultitaskSettings, settings_from_parameters
 
@@ -126,11 +127,13 @@ def train(
             pp = ensure_postprocessing(output, gt_folder) if final_validation else None
             return TrainingResult(output, output / METRICS_FILE, previous["stop_reason"], output / "checkpoint_best.pth", summary if final_validation else None, pp)
     done.unlink(missing_ok=True)  # from here on the fold is not finished
+    for stale in (PP_PICKLE, PP_JSON):  # an older model's postprocessing must not outlive it
+        (output / stale).unlink(missing_ok=True)
 
     seed_everything(settings.seed)
     if num_gpus > 1:
         stop_reason = train_ddp(manifest, plans_name, settings, fold, num_gpus, resume, output)
-        pp = ensure_postprocessing(output, gt_folder)
+        pp = ensure_postprocessing(output, gt_folder) if summary.is_file() else None  # nnU-Net's launcher validates at the end
         write_json(done, {**record, "stop_reason": stop_reason})
         return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary, pp)
     trainer = build_trainer(paths.nnunet_preprocessed / manifest.dataset_name, plans_name, fold, device, continue_training=resume)
@@ -149,7 +152,7 @@ def train(
 
 def ensure_postprocessing(fold_folder: Path, gt_folder: Path, force: bool = False) -> Path:
     """nnU-Net's postprocessing for this fold, determined on its full-volume validation unless already there."""
-    from ..postprocessing import PP_JSON, PP_PICKLE, describe, determine_for_fold, load_postprocessing
+    from ..postprocessing import describe, determine_for_fold, load_postprocessing
 
     if force or not (fold_folder / PP_PICKLE).is_file():
         determine_for_fold(fold_folder, gt_folder, available_cores())

@@ -43,6 +43,7 @@ class MultitaskSettings:
     initial_lr: float = 1e-4
     head_lr_factor: float = 10.0  # the subtype head learns at initial_lr * head_lr_factor
     guided_pooling: bool = True  # weighted pooling uses the ground-truth mask during training
+    cls_patches_showing_structure: bool = True  # the subtype loss only on patches that show the pooled structure (lesion pooling: the lesion)
     weight_decay: float = 3e-5
     patience: int = 100  # epochs without a better validation criterion before training stops
     criterion_dice_weight: float = 0.5  # criterion = w * EMA pseudo-Dice + (1 - w) * case-level macro-F1

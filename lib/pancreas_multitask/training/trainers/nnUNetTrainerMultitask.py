@@ -149,12 +149,16 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
 
         network = self.multitask_network()
         highest = target[0] if isinstance(target, list) else target
-        guide = network.guide_from_target(highest) if self.settings.guided_pooling else None
+        structure = network.guide_from_target(highest)  # ground-truth mask of what the head pools over (None: all)
+        guide = structure if self.settings.guided_pooling else None
+        # a patch that does not show the pooled structure (e.g. a small lesion outside it) carries no subtype evidence
+        shows = torch.ones(len(labels), dtype=torch.bool, device=self.device) if structure is None or not self.settings.cls_patches_showing_structure else structure.flatten(1).any(dim=1)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output = self.network(data, guide)
             seg_loss = self.loss(output, target)
-            cls_loss = self.cls_loss(network.last_class_logits.float(), labels)
+            logits = network.last_class_logits.float()
+            cls_loss = self.cls_loss(logits[shows], labels[shows]) if bool(shows.any()) else logits.sum() * 0.0
             loss = w_seg * seg_loss + w_cls * cls_loss
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
