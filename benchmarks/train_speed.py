@@ -1,17 +1,22 @@
-"""Benchmark: seconds per training iteration, nnUNetTrainerMultitask vs plain nnUNetTrainer.
+"""Benchmark: training cost of nnUNetTrainerMultitask against plain nnUNetTrainer, with a profile's settings.
 
 Both trainers are built from their classes on the same plans and preprocessed data (run 01_prepare
-first) and timed in one process, alternating blocks of iterations so that machine noise hits both.
-Also reports the wall time of the latest training run of the profile (from its per-epoch file).
-Writes ``benchmarks/results/train_speed[_<device>].json`` and prints a Markdown table.
+first); the multitask trainer gets the profile's settings (pooling, head, loss schedule, case-level
+validation every ``case_val_every`` epochs), and nnUNetTrainer the same iterations per epoch.
 
-    python benchmarks/train_speed.py --profile demo --plans nnUNetResEncUNetMPlans_cpu
+- **Per iteration:** ``train_step`` alone, in alternating blocks so that machine noise hits both.
+- **Per epoch:** each trainer's own ``run_training`` for ``--epochs`` epochs, timed from nnU-Net's epoch
+  timestamps: training, validation iterations, logging and checkpoints, and the multitask trainer's
+  case-level validation, whose cost is added at the rate of the profile's whole schedule.
+
+    python benchmarks/train_speed.py --profile demo
+
+Writes ``benchmarks/results/train_speed_<device>.json`` and a Markdown table beside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,107 +24,187 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+TRAINERS = ("nnUNetTrainer", "nnUNetTrainerMultitask")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("--plans", default="nnUNetResEncUNetMPlans_cpu")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--iterations", type=int, default=10, help="timed iterations per block")
-    parser.add_argument("--blocks", type=int, default=3, help="alternating blocks per trainer")
-    parser.add_argument("--patch-size", type=int, nargs=3, help="override the plan's patch size (e.g. 64 128 192)")
-    parser.add_argument("--batch-size", type=int, help="override the plan's batch size")
-    parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/train_speed_<device>.json)")
-    args = parser.parse_args()
-
-    from pancreas_multitask.manifest import load_manifest
-    from pancreas_multitask.runtime import configure_nnunet, detect_device, library_versions
-
-    manifest = load_manifest(REPO / "data_manifest.yaml")
-    paths = manifest.paths(args.profile)
-    device = detect_device(args.device)
-    configure_nnunet(paths, device)
-    os.environ["nnUNet_results"] = tempfile.mkdtemp(prefix="train_speed_")  # keep the real results folder clean
-    os.environ["nnUNet_compile"] = "f"  # the multitask trainer does not compile by default; compare like with like
-
-    import torch
+def _trainers(pre: Path, plans: str, device: str, settings, patch_size=None, batch_size=None) -> dict[str, Any]:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from pancreas_multitask.training.run import METRICS_FILE, build_trainer
-    from pancreas_multitask.training.settings import MultitaskSettings
+    from pancreas_multitask.training.run import build_trainer
     from pancreas_multitask.training.trainers.nnUNetTrainerMultitask import nnUNetTrainerMultitask
 
-    pre = paths.nnunet_preprocessed / manifest.dataset_name
     trainers = {}
-    for name, cls in (("nnUNetTrainer", nnUNetTrainer), ("nnUNetTrainerMultitask", nnUNetTrainerMultitask)):
-        trainer = build_trainer(pre, args.plans, 0, device, trainer_class=cls)
-        if args.patch_size:
-            trainer.configuration_manager.configuration["patch_size"] = list(args.patch_size)
-        if args.batch_size:
-            trainer.configuration_manager.configuration["batch_size"] = args.batch_size
+    for name, cls in zip(TRAINERS, (nnUNetTrainer, nnUNetTrainerMultitask)):
+        trainer = build_trainer(pre, plans, 0, device, trainer_class=cls)
+        if patch_size:
+            trainer.configuration_manager.configuration["patch_size"] = list(patch_size)
+        if batch_size:
+            trainer.configuration_manager.configuration["batch_size"] = batch_size
+            trainer.batch_size = batch_size
         if isinstance(trainer, nnUNetTrainerMultitask):
-            trainer.configure(MultitaskSettings(num_epochs=10))
-        trainer.on_train_start()
-        trainer.on_train_epoch_start()
-        for _ in range(3):  # warm-up
-            trainer.train_step(next(trainer.dataloader_train))
+            trainer.configure(settings)
+        else:  # the same amount of work per epoch as the multitask trainer
+            trainer.num_epochs = settings.num_epochs
+            trainer.num_iterations_per_epoch = settings.iterations_per_epoch
+            trainer.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
+            trainer.save_every = settings.save_every
         trainers[name] = trainer
+    return trainers
+
+
+def per_iteration(trainers: dict[str, Any], device: str, iterations: int, blocks: int) -> dict[str, list[float]]:
+    """Seconds per ``train_step`` (data loading not timed), alternating blocks of ``iterations`` per trainer."""
+    import torch
 
     def sync() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
 
+    for trainer in trainers.values():
+        trainer.on_train_start()
+        trainer.on_train_epoch_start()
+        for _ in range(3):  # warm-up: cuDNN autotuning, allocator
+            trainer.train_step(next(trainer.dataloader_train))
     seconds: dict[str, list[float]] = {name: [] for name in trainers}
-    for _ in range(args.blocks):
+    peaks: dict[str, float] = {}
+    for _ in range(blocks):
         for name, trainer in trainers.items():
-            batches = [next(trainer.dataloader_train) for _ in range(args.iterations)]  # data loading is not timed
+            batches = [next(trainer.dataloader_train) for _ in range(iterations)]
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             sync()
             start = time.perf_counter()
             for batch in batches:
                 trainer.train_step(batch)
             sync()
-            seconds[name].append((time.perf_counter() - start) / args.iterations)
+            seconds[name].append((time.perf_counter() - start) / iterations)
+            if device == "cuda":
+                peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**20)
     for trainer in trainers.values():
         for loader in (trainer.dataloader_train, trainer.dataloader_val):
             loader._finish()
+    return {"seconds": seconds, "peak_gpu_mib": peaks}
 
-    config = trainers["nnUNetTrainerMultitask"].configuration_manager
-    per_iteration = {name: statistics.median(v) for name, v in seconds.items()}
-    result = {
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "plans": args.plans,
-        "patch_size": list(config.patch_size),
-        "batch_size": config.batch_size,
+
+def per_epoch(trainers: dict[str, Any]) -> dict[str, list[float]]:
+    """Each trainer's ``run_training``; seconds of every epoch from nnU-Net's epoch timestamps."""
+    result = {}
+    for name, trainer in trainers.items():
+        trainer.run_training()
+        log = trainer.logger.local_logger.my_fantastic_logging
+        result[name] = [end - start for start, end in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
+    return result
+
+
+def case_validation_epochs(num_epochs: int, every: int) -> list[int]:
+    """The epochs in which the multitask trainer classifies the validation cases (every ``every``-th and the last)."""
+    return [e for e in range(num_epochs) if e % every == 0 or e == num_epochs - 1]
+
+
+def measure(pre: Path, plans: str, device: str, settings, iterations: int = 10, blocks: int = 3, patch_size=None, batch_size=None,
+            profile_epochs: int | None = None) -> dict[str, Any]:
+    """Per-iteration and per-epoch seconds of both trainers; the JSON-ready result.
+
+    The multitask trainer's case-level validation runs in some epochs only; its cost is the mean of
+    those epochs minus the mean of the others, and the per-epoch time is given at the rate of the
+    profile's whole schedule (``profile_epochs``, default the timed epochs).
+    """
+    timed = per_iteration(_trainers(pre, plans, device, settings, patch_size, batch_size), device, iterations, blocks)
+    epoch_trainers = _trainers(pre, plans, device, settings, patch_size, batch_size)
+    config = epoch_trainers["nnUNetTrainerMultitask"].configuration_manager
+    epochs = per_epoch(epoch_trainers)
+    iteration = {name: statistics.median(v) for name, v in timed["seconds"].items()}
+    multitask = epochs["nnUNetTrainerMultitask"]
+    validating = set(case_validation_epochs(len(multitask), settings.case_val_every))
+    with_validation = statistics.mean(multitask[e] for e in validating)
+    without = [t for e, t in enumerate(multitask) if e not in validating]
+    profile_epochs = profile_epochs or len(multitask)
+    rate = len(case_validation_epochs(profile_epochs, settings.case_val_every)) / profile_epochs
+    case_validation = with_validation - statistics.mean(without) if without else None
+    at_rate = statistics.mean(without) + case_validation * rate if without else with_validation
+    epoch = {"nnUNetTrainer": statistics.mean(epochs["nnUNetTrainer"]), "nnUNetTrainerMultitask": at_rate}
+    return {
+        "plans": plans, "patch_size": list(config.patch_size), "batch_size": config.batch_size,
         "features_per_stage": list(config.network_arch_init_kwargs["features_per_stage"]),
-        "seconds_per_iteration": per_iteration,
-        "blocks": seconds,
-        "multitask_overhead": per_iteration["nnUNetTrainerMultitask"] / per_iteration["nnUNetTrainer"] - 1.0,
-        "versions": library_versions(),
+        "settings": {"pooling": settings.head.pooling, "iterations_per_epoch": settings.iterations_per_epoch,
+                     "val_iterations_per_epoch": settings.val_iterations_per_epoch, "case_val_every": settings.case_val_every, "epochs": settings.num_epochs},
+        "seconds_per_iteration": iteration, "iteration_blocks": timed["seconds"], "peak_gpu_mib": timed["peak_gpu_mib"] or None,
+        "seconds_per_epoch": epoch, "epoch_seconds": epochs, "profile_epochs": profile_epochs,
+        "multitask_epoch_without_case_validation": statistics.mean(without) if without else None,
+        "case_validation_seconds": case_validation, "case_validations_per_epoch": rate,
+        "overhead_per_iteration": iteration["nnUNetTrainerMultitask"] / iteration["nnUNetTrainer"] - 1.0,
+        "overhead_per_epoch": epoch["nnUNetTrainerMultitask"] / epoch["nnUNetTrainer"] - 1.0,
     }
-    metrics = next(iter(sorted(paths.nnunet_results.glob(f"*/nnUNetTrainerMultitask__{args.plans}__3d_fullres/fold_0/{METRICS_FILE}"))), None)
-    if metrics is not None:
-        import pandas as pd
 
-        frame = pd.read_csv(metrics)
-        result["latest_training_run"] = {"metrics": str(metrics.relative_to(REPO)) if metrics.is_relative_to(REPO) else str(metrics), "epochs": len(frame), "training_seconds": float(frame["epoch_seconds"].sum())}
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [
+        f"{result['device']}, plans `{result['plans']}`, patch {'×'.join(map(str, result['patch_size']))}, batch {result['batch_size']}; "
+        f"profile `{result['profile']}`: {s['pooling']} pooling, {s['iterations_per_epoch']} + {s['val_iterations_per_epoch']} iterations per epoch, "
+        f"case-level validation every {s['case_val_every']} epoch(s), {s['epochs']} epochs timed; revision {result['git_revision']}, {result['date']}",
+        "",
+        "| trainer | s / iteration | s / epoch (validation included, at the profile's rate) |" + (" peak GPU MiB |" if result.get("peak_gpu_mib") else ""),
+        "| --- | --- | --- |" + (" --- |" if result.get("peak_gpu_mib") else ""),
+    ]
+    for name in TRAINERS:
+        peak = f" {result['peak_gpu_mib'][name]:.0f} |" if result.get("peak_gpu_mib") else ""
+        lines.append(f"| {name} | {result['seconds_per_iteration'][name]:.3f} | {result['seconds_per_epoch'][name]:.2f} |{peak}")
+    lines.append(f"| multitask overhead | {100 * result['overhead_per_iteration']:+.1f} % | {100 * result['overhead_per_epoch']:+.1f} % |" + (" |" if result.get("peak_gpu_mib") else ""))
+    if result.get("case_validation_seconds") is not None:
+        lines += ["", f"The multitask epoch is {result['multitask_epoch_without_case_validation']:.2f} s without the case-level validation, which costs "
+                      f"{result['case_validation_seconds']:.1f} s each time; over the profile's {result['profile_epochs']} epochs it runs "
+                      f"{result['case_validations_per_epoch']:.3f} times per epoch, which the per-epoch column includes."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="demo", help="whose data, plans and trainer settings to time")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--iterations", type=int, default=10, help="timed iterations per block")
+    parser.add_argument("--blocks", type=int, default=3, help="alternating blocks per trainer")
+    parser.add_argument("--epochs", type=int, default=0, help="epochs of run_training per trainer (default: the profile's case_val_every, at least 5)")
+    parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/train_speed_<device>.json)")
+    args = parser.parse_args(argv)
+
+    from dataclasses import replace
+
+    from pancreas_multitask.io import write_json, write_text
+    from pancreas_multitask.manifest import load_manifest
+    from pancreas_multitask.runner import load_parameters
+    from pancreas_multitask.runtime import configure_nnunet, detect_device, git_revision, library_versions
+    from pancreas_multitask.training.settings import settings_from_parameters
+
+    manifest = load_manifest(REPO / "data_manifest.yaml")
+    paths = manifest.paths(args.profile)
+    params = load_parameters(REPO / "notebooks" / "params", args.profile)
+    device = detect_device(args.device)
+    configure_nnunet(paths, device)
+    os.environ["nnUNet_results"] = tempfile.mkdtemp(prefix="train_speed_")  # keep the real results folder clean
+    os.environ["nnUNet_compile"] = "f"  # the multitask trainer does not compile by default; compare like with like
+    import torch
+
+    settings = settings_from_parameters(params, len(manifest.subtypes))
+    epochs = args.epochs or max(5, settings.case_val_every)
+    profile_epochs = settings.num_epochs
+    settings = replace(settings, num_epochs=epochs, patience=epochs + 1)
+    result = measure(paths.nnunet_preprocessed / manifest.dataset_name, params["plans"], device, settings, args.iterations, args.blocks,
+                     profile_epochs=profile_epochs)
+    result = {
+        "benchmark": "train_speed", "profile": args.profile, "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "git_revision": git_revision(REPO), "date": time.strftime("%Y-%m-%d %H:%M"), **result, "versions": library_versions(),
+    }
     out = args.out or REPO / "benchmarks" / "results" / f"train_speed_{device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| trainer | s / iteration ({result['device']}, patch {result['patch_size']}, batch {result['batch_size']}) |")
-    print("| --- | --- |")
-    for name, value in per_iteration.items():
-        print(f"| {name} | {value:.3f} |")
-    print(f"\nmultitask overhead: {100 * result['multitask_overhead']:+.1f} % (goal <= 5 %)")
-    if "latest_training_run" in result:
-        run = result["latest_training_run"]
-        print(f"latest {args.profile} training: {run['epochs']} epochs in {run['training_seconds'] / 60:.1f} min")
+    write_json(out, result)
+    write_text(out.with_suffix(".md"), markdown(result))
+    print(markdown(result))
     print(f"wrote {out}", file=sys.stderr)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # nnU-Net's data loaders start worker processes
     main()

@@ -63,7 +63,7 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
     root, result = evaluated
     provenance = collect_provenance(repo, repo / "data_manifest.yaml", "smoke", {"worst_n": 2}, "cpu")
     inference = {"mode": "fast", "counts": {"validation": {"predicted": 3, "failed": 0}}, "median_seconds_per_case": 1.2346}
-    benchmark = {"rows": [{"predictor": "nnUNetPredictor", "s_per_case": 3.21}, {"predictor": "multitask", "s_per_case": 3.3}], "device": "cpu"}
+    benchmark = {"rows": [{"predictor": "nnUNetPredictor", "s_per_case": 3.21}, {"predictor": "multitask", "s_per_case": 3.3, "time_shares": {"read": 0.25, "network": 0.75}}], "device": "cpu"}
     path = write_report(result, root / "out" / "evaluation.html", checkpoint_split="validation", evaluated_split="validation",
                         training_metrics=training_frame(), inference=inference, benchmark=benchmark, provenance=provenance, worst_n=2)
     text = path.read_text()
@@ -89,6 +89,7 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
     assert hashlib.sha256((repo / "data_manifest.yaml").read_bytes()).hexdigest() == provenance["manifest_sha256"] in text
     assert provenance["git_revision"] in text and "<td>1.235</td>" in text and "<td>validation</td><td>3</td><td>0</td>" in text
     assert "<td>nnUNetPredictor</td><td>3.21</td>" in text
+    assert "<th>time_shares network</th>" in text and "<td>0.75</td>" in text and "{&#34;" not in text  # nested values as columns, no JSON
 
     images = re.findall(r"<img\b[^>]*>", text)
     assert len(images) == 4  # confusion matrix, DSC per subtype, worst cases, training curves

@@ -68,6 +68,67 @@ def test_runner_stops_at_the_first_failure(tmp_path: Path, capsys) -> None:
     assert "FAILED after" in out and "RuntimeError: boom" in out and "01_fails.html" in out
 
 
+def test_headless_console_names_every_problem_of_a_failed_scan(tmp_path: Path, capsys) -> None:
+    """A lab engineer over ssh sees the problems themselves, not only the exception's first line."""
+    problems = "[Problem(Path(f'/quiz/train/subtype0/quiz_0_{i:03d}_0000.nii.gz'), 'image without mask') for i in range(3)]"
+    many = "[Problem(Path(f'/quiz/test/quiz_{i:03d}_0000.nii.gz'), 'unreadable NIfTI file') for i in range(30)]"
+    cell = "from pathlib import Path\nfrom pancreas_multitask.dataset.scan import DataValidationError, Problem\nraise DataValidationError({})"
+    repo = fake_repo(tmp_path / "few", extra_cells={"01_scan.ipynb": cell.format(problems)})
+    assert run(repo, "smoke", start="01") == 1
+    out = capsys.readouterr().out
+    assert "DataValidationError: 3 problem(s) in the raw data:" in out
+    for i in range(3):
+        assert f"/quiz/train/subtype0/quiz_0_{i:03d}_0000.nii.gz: image without mask" in out
+
+    repo = fake_repo(tmp_path / "many", extra_cells={"01_scan.ipynb": cell.format(many)})
+    assert run(repo, "smoke", start="01") == 1
+    out = capsys.readouterr().out
+    shown = [i for i in range(30) if f"/quiz/test/quiz_{i:03d}_0000.nii.gz: unreadable" in out]
+    assert shown == list(range(19)) and "... and 11 more line(s)" in out  # the count line, then 19 problems, then the rest counted
+
+
+def test_the_local_kernel_starts_without_the_tcp_warning(tmp_path: Path, capfd) -> None:
+    """ipykernel warns about unencrypted TCP at every start; the runner's kernel talks over IPC instead."""
+    repo = fake_repo(tmp_path, notebooks=(), extra_cells={"00_hello.ipynb": "import os\nprint('connected over', os.environ.get('JPY_PARENT_PID') and 'a kernel')"})
+    assert run(repo, "smoke") == 0
+    captured = capfd.readouterr()
+    assert "[00_hello] ok" in captured.out
+    assert "without encryption" not in captured.out + captured.err and "IPKernelApp" not in captured.err
+
+
+HOLD_LOCK = """
+import sys, time
+from pancreas_multitask.io import file_lock
+with file_lock(sys.argv[1], wait=False, holder="pid of the first run, profile smoke"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_run_on_the_same_work_folder_stops_at_once(tmp_path: Path, capfd) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from pancreas_multitask.runner import RUN_LOCK
+
+    repo = fake_repo(tmp_path, notebooks=(), extra_cells={"00_hello.ipynb": "print('hello')"})
+    lock = repo / "work" / RUN_LOCK
+    lock.parent.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "lib"), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        assert run(repo, "smoke") == 1
+        out = capfd.readouterr().out
+        assert f"another run is using the work folder {repo / 'work'}" in out and str(lock) in out and "pid of the first run" in out
+        assert not (repo / "reports" / "runs").exists()  # it stopped before starting anything
+    finally:
+        first.kill()
+        first.wait()
+    assert run(repo, "smoke") == 0  # the lock went with the process that held it
+
+
 def test_select_notebooks() -> None:
     paths = [Path(f"{i:02d}_x.ipynb") for i in range(5)]
     assert select_notebooks(paths, start="02") == paths[2:]

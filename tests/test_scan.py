@@ -139,9 +139,35 @@ def test_subtype_folder_outside_classes(raw_copy: Path, manifest) -> None:
     _scan_fails(raw_copy, manifest, str(raw_copy / "train" / "subtype3"), "not one of the manifest's classes")
 
 
+@pytest.mark.parametrize("kind", ["image", "mask", "test"])
+def test_a_truncated_file_is_named(raw_copy: Path, manifest, kind: str) -> None:
+    """A copy that broke off: the first half of the .nii.gz bytes (what SimpleITK would zero-fill)."""
+    path = sorted((raw_copy / "test").glob("*_0000.nii.gz"))[0] if kind == "test" else _first(raw_copy, kind)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _scan_fails(raw_copy, manifest, str(path), "unreadable")
+
+
 def test_missing_raw_folder(tmp_path: Path, manifest) -> None:
     with pytest.raises(DataValidationError, match=f"{tmp_path / 'nope'}: raw data folder does not exist"):
         scan_raw(tmp_path / "nope", manifest)
+
+
+@pytest.mark.parametrize("content", ["nothing", "empty splits", "another layout"])
+def test_a_raw_folder_without_cases_says_what_was_expected(tmp_path: Path, manifest, content: str) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    if content == "empty splits":
+        for split in ("train/subtype0", "validation/subtype0", "test"):
+            (raw / split).mkdir(parents=True)
+    elif content == "another layout":
+        (raw / "imagesTr").mkdir()
+        (raw / "imagesTr" / "case_001_0000.nii.gz").write_bytes(b"")
+    with pytest.raises(DataValidationError) as caught:
+        scan_raw(raw, manifest)
+    message = str(caught.value)
+    assert f"{raw}: no cases found under {raw / 'train'}, {raw / 'validation'}, {raw / 'test'}" in message
+    assert manifest.layout.image.pattern in message and manifest.layout.test_image.pattern in message
 
 
 def test_all_problems_reported_at_once(raw_copy: Path, manifest) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -53,6 +55,28 @@ def read_header(path: Path) -> nib.Nifti1Image:
     return img
 
 
+def check_complete(path: Path) -> nib.Nifti1Image:
+    """``read_header``, then one pass over the whole file: a gzip stream must reach its end-of-stream marker
+    with a matching CRC, and the data block must be as long as the header says.
+
+    A download or copy cut short is named here. SimpleITK (nnU-Net's reader) reads such a file without
+    an error and zero-fills what is missing.
+    """
+    path = Path(path)
+    img = read_header(path)
+    expected = int(getattr(img.dataobj, "offset", 0)) + int(np.prod(img.shape)) * img.header.get_data_dtype().itemsize
+    size = 0
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as handle:
+            while block := handle.read(1 << 22):
+                size += len(block)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise VolumeError(f"{path}: incomplete or corrupt file ({exc}); copy or download it again") from exc
+    if size < expected:
+        raise VolumeError(f"{path}: truncated: {size} bytes of data, the header needs {expected}; copy or download it again")
+    return img
+
+
 def load_volume(path: str | os.PathLike[str]) -> Volume:
     """Read a 3D NIfTI as float32 with its scaling applied."""
     path = Path(path)
@@ -80,6 +104,65 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock; the message names the lock file and what its holder wrote into it."""
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str], wait: bool = True, holder: str = "") -> Iterator[None]:
+    """An exclusive lock on ``path`` (``fcntl.flock``), for the block; the system releases it if the process dies.
+
+    ``wait=False`` raises LockedError at once when another process holds it. ``holder`` (who, since
+    when) is written into the file so that the message can say who has it. POSIX only; elsewhere the
+    block runs unlocked.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        yield
+        return
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            raise LockedError(f"{path}: locked by another process ({handle.read().strip() or 'no details'})") from None
+        try:
+            if holder:
+                handle.truncate(0)
+                handle.write(holder + "\n")
+                handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_temporary(path: Path) -> bool:
+    """An unfinished ``atomic_path`` file (hidden, ``.<target name>.<random><suffixes>``): never a result."""
+    return path.name.startswith(".")
+
+
+STALE_AFTER_S = 3600.0  # a temporary this old was left by a killed run; a live writer's is seconds old
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Delete what killed runs left in ``folder``: temporaries older than ``older_than_s`` (a concurrent
+    process's fresh ones stay). Returns what was removed."""
+    import time
+
+    now, removed = time.time(), []
+    for path in Path(folder).glob(".*"):
+        try:
+            if path.is_file() and now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # another process finished or removed it meanwhile
+            pass
+    return removed
 
 
 def write_text(target: str | os.PathLike[str], text: str) -> None:

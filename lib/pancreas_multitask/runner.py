@@ -8,9 +8,11 @@ its HTML export to ``reports/runs/<run_id>/`` (a failed one included), records t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import html
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -19,10 +21,12 @@ from typing import Any
 import nbformat
 import papermill as pm
 import yaml
+from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
+from traitlets import default
 
 from .dataset.phantom import ensure_phantom
-from .io import write_json, write_text
+from .io import LockedError, file_lock, write_json, write_text
 from .manifest import load_manifest
 from .runtime import HEADLESS_VAR, find_repo_root, git_revision, is_headless, library_versions
 
@@ -126,11 +130,33 @@ def new_run_dir(reports: Path, profile: str) -> Path:
     return run_dir
 
 
+RUN_LOCK = ".run.lock"  # in the profile's work folder, held while a run uses it
+
+
 def run(repo: Path, profile: str, start: str | None = None, only: str | None = None, extra: Path | None = None) -> int:
-    """Run the selected notebooks; returns the process exit code."""
+    """Run the selected notebooks; returns the process exit code.
+
+    One run at a time per work folder: a second run on the same folder stops at once, naming the lock
+    and the run that holds it, instead of both writing into the same nnU-Net folders.
+    """
     notebook_dir = repo / "notebooks"
     params = load_parameters(notebook_dir / "params", profile, extra)
     notebooks = select_notebooks(discover_notebooks(notebook_dir), start, only)
+    try:
+        work = load_manifest(notebook_dir / params.get("manifest", "../data_manifest.yaml")).paths(profile).work
+    except Exception:  # a manifest problem: 00_setup explains it
+        work = None
+    holder = f"pid {os.getpid()} on {socket.gethostname()}, profile {profile}, started {dt.datetime.now().isoformat(timespec='seconds')}"
+    try:
+        with file_lock(work / RUN_LOCK, wait=False, holder=holder) if work is not None else contextlib.nullcontext():
+            return _run(repo, profile, params, notebooks, notebook_dir)
+    except LockedError as exc:
+        print(f"another run is using the work folder {work}: {exc}.\nWait for it to finish, or give this run its own work folder "
+              "(PANCREAS_WORK_DIR, or the profile's `work` in data_manifest.yaml).", flush=True)
+        return 1
+
+
+def _run(repo: Path, profile: str, params: dict[str, Any], notebooks: list[Path], notebook_dir: Path) -> int:
     run_dir = new_run_dir(repo / "reports", profile)
     params["run_dir"] = str(run_dir)
     os.environ[HEADLESS_VAR] = "1"
@@ -169,6 +195,7 @@ def run(repo: Path, profile: str, start: str | None = None, only: str | None = N
                 kernel_name="python3",
                 progress_bar=False,
                 request_save_on_cell_execute=True,
+                kernel_manager_class=LocalKernelManager,
             )
         except Exception as exc:  # papermill's execution error, a dead kernel, ...
             error = exc
@@ -177,9 +204,8 @@ def run(repo: Path, profile: str, start: str | None = None, only: str | None = N
             export_html(executed, page)
         if error is not None:
             entry["status"] = "failed"
-            reason = getattr(error, "ename", type(error).__name__) + ": " + str(getattr(error, "evalue", error)).splitlines()[0][:200]
             where = page.relative_to(repo) if page.exists() else executed.relative_to(repo)
-            print(f"[{notebook.stem}] FAILED after {entry['seconds']}s ({reason}) -> see {where}", flush=True)
+            print(f"[{notebook.stem}] FAILED after {entry['seconds']}s -> see {where}\n{failure_message(error)}", flush=True)
             status = 1
             break
         entry["status"] = "ok"
@@ -191,6 +217,30 @@ def run(repo: Path, profile: str, start: str | None = None, only: str | None = N
     report = run_dir / "evaluation.html"
     print(f"report: {(report if report.exists() else run_dir / 'index.html').relative_to(repo)}", flush=True)
     return status
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """The notebooks' kernel, on this machine, over IPC (Unix sockets beside its connection file in the
+    private Jupyter runtime folder) instead of TCP on localhost. ipykernel warns about unencrypted TCP
+    at every start; IPC is not reachable over the network, so there is nothing to encrypt."""
+
+    @default("transport")
+    def _default_transport(self) -> str:
+        return "ipc" if os.name == "posix" else "tcp"
+
+
+CONSOLE_LINES = 20  # of a failure's message; the rest is counted (the HTML has it all)
+
+
+def failure_message(error: Exception) -> str:
+    """What a headless user needs on the console: the error's type and its message, every line of it up
+    to ``CONSOLE_LINES`` (a failed raw-data scan names one problem per line), then how many more."""
+    lines = str(getattr(error, "evalue", error)).splitlines() or [""]
+    name = getattr(error, "ename", type(error).__name__)
+    shown = [f"  {name}: {lines[0]}", *(f"  {line}" for line in lines[1:CONSOLE_LINES])]
+    if len(lines) > CONSOLE_LINES:
+        shown.append(f"  ... and {len(lines) - CONSOLE_LINES} more line(s)")
+    return "\n".join(shown)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -225,6 +225,13 @@ def scan_raw(raw: str | Path, manifest: Manifest, on_bad_case: OnBadCase | None 
             bad_ids.add(item.case_id)
         else:
             cases.append(case)
+    if not pending:  # an empty folder, or one in another layout: nothing to skip to, whatever the policy
+        layout = manifest.layout
+        splits = ", ".join(f"{raw / split}" for split in (*layout.labeled_splits, layout.test_split))
+        raise DataValidationError(problems + [Problem(raw, (
+            f"no cases found under {splits}; expected {layout.labeled_splits[0]}/subtypeK/ files matching "
+            f"{layout.image.pattern} (images) and {layout.mask.pattern} (masks), and {layout.test_split}/ files matching "
+            f"{layout.test_image.pattern}"))])
     if problems and policy == "error":
         raise DataValidationError(problems)
     for problem in problems:

@@ -73,8 +73,20 @@ def _is_records(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
 
 
+def _flat(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One level of nested mappings as their own columns (``time_shares`` -> ``time_shares read``, ...)."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping) and value and not any(isinstance(v, Mapping) for v in value.values()):
+            flat.update({f"{key} {sub}": v for sub, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def records_table(records: Sequence[Mapping[str, Any]], title: str) -> dict[str, Any]:
-    """A list of dicts as one table; the columns are the union of their keys, in order of appearance."""
+    """A list of dicts as one table; the columns are the union of their keys (nested ones flattened), in order of appearance."""
+    records = [_flat(r) for r in records]
     columns = list(dict.fromkeys(k for r in records for k in r))
     return {"title": title, "columns": columns, "rows": [[_cell(r.get(c)) for c in columns] for r in records]}
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ..io import atomic_path, write_json
+from ..io import atomic_path, file_lock, write_json
 
 PROJECT_FILES = ("multitask_settings.json", "training_metrics.csv", "training_done.json", "postprocessing.pkl", "postprocessing.json")
 INSTALLED_STAMP = ".installed_from.json"
@@ -102,22 +102,21 @@ def install_model(zip_file: str | Path, results_root: str | Path) -> Path:
             target = results_root / folders[0]
             if _installed_from(target) == stamp:
                 return target
-            if target.exists() and _installed_from(target) is None:
-                raise FileExistsError(f"{target}: a model folder that no zip installed is already there; install {zip_file} under another folder")
-            results_root.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=results_root))
-            try:
-                archive.extractall(staging, [n for n in names if n.startswith(folders[0] + "/")])  # zipfile drops absolute and ".." parts
-                write_json(staging / folders[0] / INSTALLED_STAMP, stamp)
-                shutil.rmtree(target, ignore_errors=True)  # an older install of this model
-                target.parent.mkdir(parents=True, exist_ok=True)
+            # one installer at a time per model folder: a second one waits, then finds the stamp and
+            # returns, instead of replacing the folder the first has just installed and is reading
+            with file_lock(target.parent / f".{target.name}.install.lock"):
+                if _installed_from(target) == stamp:
+                    return target
+                if target.exists() and _installed_from(target) is None:
+                    raise FileExistsError(f"{target}: a model folder that no zip installed is already there; install {zip_file} under another folder")
+                staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=target.parent))
                 try:
+                    archive.extractall(staging, [n for n in names if n.startswith(folders[0] + "/")])  # zipfile drops absolute and ".." parts
+                    write_json(staging / folders[0] / INSTALLED_STAMP, stamp)
+                    shutil.rmtree(target, ignore_errors=True)  # an older install of this model
                     (staging / folders[0]).rename(target)
-                except OSError:
-                    if _installed_from(target) != stamp:  # another process installing the same zip got there first
-                        raise
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
     except zipfile.BadZipFile as exc:
         raise ValueError(f"{zip_file}: not a readable zip file ({exc})") from exc
     return target

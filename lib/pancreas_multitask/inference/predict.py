@@ -1,7 +1,7 @@
 """Command line: masks and ``subtype_results.csv`` for a folder of ``*_0000.nii.gz`` images.
 
     python -m pancreas_multitask.inference.predict -i IMAGES -o OUTPUT -m MODEL_FOLDER_OR_ZIP \\
-        [-f 0 1 2 3 4] [-chk checkpoint_best.pth] [--mode fast|accurate] [-device cpu|cuda|auto] \\
+        [-f 0 1 2 3 4] [-chk checkpoint_best.pth] [--mode fast|accurate|fastest] [-device cpu|cuda|auto] \\
         [--num_parts N --part_id K] [--overwrite] [--disable_postprocessing]
 
 nnU-Net's postprocessing stored with the model (``fold_K/postprocessing.pkl``) is applied unless
@@ -18,6 +18,8 @@ from pathlib import Path
 
 from .. import runtime
 
+MODE_NAMES = ("accurate", "fast", "fastest")  # predictor.MODES, named here: nnunetv2 is imported only after the environment is set
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-m", "--model", required=True, help="trained model folder, or a zip from nnUNetv2_export_model_to_zip / export_model")
     parser.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to ensemble (default 0)")
     parser.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth")
-    parser.add_argument("--mode", default="fast", choices=["accurate", "fast"])
+    parser.add_argument("--mode", default="fast", choices=MODE_NAMES, help="fast (default) and accurate keep nnU-Net's step and TTA; fastest does not (README)")
     parser.add_argument("-device", "--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--num_parts", type=int, default=1, help="split the cases between this many processes")
     parser.add_argument("--part_id", type=int, default=0, help="which part this process predicts (0-based)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,9 +25,9 @@ from nnunetv2.inference.export_prediction import convert_predicted_logits_to_seg
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from ..io import VolumeError, atomic_path, read_header, write_json, write_text
+from ..io import VolumeError, atomic_path, check_complete, is_temporary, remove_stale_temporaries, write_json, write_text
 from ..runtime import is_headless, progress
 from ..training.network import MultitaskNetwork, build_multitask_network
 from ..training.run import TRAINER_NAME
@@ -41,24 +42,63 @@ SIDECAR = ".subtype.json"  # per-case class probabilities and timing; the CSV is
 
 @dataclass(frozen=True)
 class InferenceMode:
-    """Sliding-window settings.
+    """Sliding-window and export settings.
 
-    ``mirrors`` picks which flips the mirroring TTA averages (each a tuple of spatial axes) instead
-    of nnU-Net's all 7 combinations of the model's mirror axes. ``tile_batch_size`` > 1 runs that many
-    tiles per forward pass.
+    ``mirrors`` picks which flips the mirroring TTA averages (each a tuple of spatial axes) instead of
+    nnU-Net's all 7 combinations of the model's mirror axes (``None``). ``tile_batch_size`` tiles go
+    through one forward pass, and with ``flips_in_batch`` all their mirrored copies too.
+    ``device_export`` resamples the logits back to the input grid with nnU-Net's torch resampler
+    (``resample_torch_fornnunet``, linear like the default) on the prediction device instead of
+    scipy on the CPU. ``channels_last`` and ``compile`` apply on CUDA only.
     """
 
     tile_step_size: float
     use_mirroring: bool
     tile_batch_size: int = 1
     mirrors: tuple[tuple[int, ...], ...] | None = None
+    flips_in_batch: bool = False
+    device_export: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def rule_compliant(self) -> bool:
+        """The quiz's speed rule: nnU-Net's step (0.5) and all of its mirroring passes."""
+        return self.tile_step_size <= 0.5 and self.use_mirroring and self.mirrors is None
+
+    def describe(self) -> str:
+        """One readable line for reports and logs."""
+        flips = "nnU-Net's full mirroring TTA" if self.use_mirroring and self.mirrors is None else (
+            f"original + {len(self.mirrors)} flip(s) instead of nnU-Net's mirroring TTA" if self.use_mirroring else "no mirroring")
+        parts = [f"step {self.tile_step_size}", flips]
+        if self.tile_batch_size > 1 or self.flips_in_batch:
+            parts.append(f"{self.tile_batch_size} tile(s){' and their flips' if self.flips_in_batch else ''} per forward pass")
+        if self.device_export:
+            parts.append("export resampled with torch on the device")
+        parts += [name for name, on in (("channels-last (CUDA)", self.channels_last), ("torch.compile (CUDA)", self.compile)) if on]
+        return ", ".join(parts) + ("" if self.rule_compliant else " (not rule-compliant: fewer TTA passes or a larger step)")
 
 
-# accurate: nnU-Net's defaults (step 0.5, mirroring TTA over all 7 flips, one tile per forward).
-# fast: the same tiles, 4 per forward pass, and one flip of all three axes instead of seven.
-# benchmarks/inference_speed.py measures what each knob buys (README table): batching gives the same
-# logits up to float rounding, and the single flip keeps most of TTA's gain at 2 passes per tile.
-MODES = {"accurate": InferenceMode(0.5, True), "fast": InferenceMode(0.5, True, 4, ((0, 1, 2),))}
+# accurate: nnU-Net's defaults (step 0.5, mirroring over all 7 flips + the original, one tile per forward).
+# fast: the same step and all 8 passes, so it keeps the quiz's rule; its speed is engineering only:
+#   2 tiles x 8 passes per forward, the export resampled with torch on the device, channels-last on CUDA.
+#   Its masks equal accurate's (Dice >= 0.999, tests/test_predictor.py).
+# fastest: NOT rule-compliant: 2 of the 8 passes (original + one flip of all axes), 4 tiles per forward.
+# benchmarks/inference_speed.py measures each knob (README table).
+MODES = {
+    "accurate": InferenceMode(0.5, True),
+    "fast": InferenceMode(0.5, True, tile_batch_size=2, flips_in_batch=True, device_export=True, channels_last=True),
+    "fastest": InferenceMode(0.5, True, tile_batch_size=4, mirrors=((0, 1, 2),), flips_in_batch=True, device_export=True, channels_last=True),
+}
+
+
+def resolve_mode(mode: str | InferenceMode) -> InferenceMode:
+    """A mode by name (``accurate``, ``fast``, ``fastest``) or explicit settings."""
+    if isinstance(mode, InferenceMode):
+        return mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    return MODES[mode]
 
 
 def make_predictor(
@@ -69,16 +109,13 @@ def make_predictor(
     checkpoint_name: str = "checkpoint_best.pth",
     postprocessing: bool = True,
 ) -> "MultitaskPredictor":
-    """A ready predictor for ``mode`` (``accurate``, ``fast`` or explicit settings).
+    """A ready predictor for ``mode`` (``accurate``, ``fast``, ``fastest`` or explicit settings).
 
     ``postprocessing``: apply nnU-Net's postprocessing stored with the model, when it has one.
     """
-    if isinstance(mode, str):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-        mode = MODES[mode]
+    mode = resolve_mode(mode)
     predictor = MultitaskPredictor(
-        mode.tile_step_size, use_mirroring=mode.use_mirroring, tile_batch_size=mode.tile_batch_size, mirrors=mode.mirrors,
+        mode.tile_step_size, use_mirroring=mode.use_mirroring, mode=mode,
         perform_everything_on_device=device == "cuda", device=torch.device(device), allow_tqdm=False,
     )
     predictor.initialize_from_model_folder(model_folder, folds, checkpoint_name)
@@ -90,11 +127,14 @@ def make_predictor(
 class MultitaskPredictor(nnUNetPredictor):
     """``nnUNetPredictor`` that also returns the subtype probabilities of each case."""
 
-    def __init__(self, *args, tile_batch_size: int = 1, mirrors: tuple[tuple[int, ...], ...] | None = None, **kwargs) -> None:
+    def __init__(self, *args, mode: InferenceMode | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.tile_batch_size, self.mirrors = tile_batch_size, mirrors
+        self.mode = mode or InferenceMode(self.tile_step_size, self.use_mirroring)
+        self.tile_batch_size, self.mirrors = self.mode.tile_batch_size, self.mode.mirrors
         self.postprocessing: Postprocessing | None = None
         self.postprocessing_source: Path | None = None
+        self._forward_with_class = None  # set by initialize_from_model_folder
+        self._one_pass_at_a_time = False  # set when the GPU ran out of memory with batched passes
 
     def use_postprocessing_of(self, model_folder: str | Path, folds: Sequence[int | str]) -> None:
         """Apply the model's nnU-Net postprocessing (``postprocessing.pkl``) to every exported mask, if it has one."""
@@ -102,17 +142,57 @@ class MultitaskPredictor(nnUNetPredictor):
         self.postprocessing = load_postprocessing(source) if source is not None else None
         self.postprocessing_source = source
 
+    def _passes(self) -> list[list[int]]:
+        """The flips (tensor dims) each tile is predicted under: none first, then nnU-Net's combinations of the
+        model's mirror axes, or the chosen ``mirrors`` that the model allows."""
+        if not self.use_mirroring or not self.allowed_mirroring_axes:
+            return [[]]
+        if self.mirrors is None:
+            axes = [a + 2 for a in self.allowed_mirroring_axes]
+            return [[], *([*c] for i in range(len(axes)) for c in itertools.combinations(axes, i + 1))]
+        allowed = set(self.allowed_mirroring_axes)
+        return [[], *([a + 2 for a in axes] for axes in self.mirrors if set(axes) <= allowed)]
+
     @torch.inference_mode()
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-        """nnU-Net's mirroring TTA, or the mean over the chosen ``mirrors`` (flips the model allows) and the unflipped pass."""
-        if not (self.use_mirroring and self.mirrors is not None):
+        """The mean over the passes in ``_passes``, with their class logits and tile weights collected.
+
+        ``accurate`` runs nnU-Net's own method (the forward hook collects); the other modes run the same
+        passes through ``forward_with_class``, all of a batch's flips in one forward with ``flips_in_batch``.
+        """
+        if self.tile_batch_size <= 1 and not self.mode.flips_in_batch and self.mirrors is None:
             return super()._internal_maybe_mirror_and_predict(x)
-        allowed = set(self.allowed_mirroring_axes or ())
-        flips = [[a + 2 for a in axes] for axes in self.mirrors if set(axes) <= allowed]
-        prediction = self.network(x)
-        for dims in flips:
-            prediction += torch.flip(self.network(torch.flip(x, dims)), dims)
-        return prediction / (len(flips) + 1)
+        if self._one_pass_at_a_time:
+            return torch.cat([self._mean_over_passes(tile[None], batched=False) for tile in x])
+        collected = len(self._tiles[0])
+        try:
+            return self._mean_over_passes(x, batched=self.mode.flips_in_batch)
+        except torch.cuda.OutOfMemoryError:  # a smaller GPU (Colab's T4): the same passes and sums, one per forward
+            del self._tiles[0][collected:], self._tiles[1][collected:]
+            self._one_pass_at_a_time = True
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            print(f"out of GPU memory with {x.shape[0]} tile(s) x {len(self._passes())} passes per forward; continuing one tile and one flip at a time", flush=True)
+            return self._internal_maybe_mirror_and_predict(x)
+
+    def _mean_over_passes(self, x: torch.Tensor, batched: bool) -> torch.Tensor:
+        passes = self._passes()
+        if self.mode.channels_last and x.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if batched:
+            segmentation, class_logits = self._forward_with_class(torch.cat([torch.flip(x, dims) if dims else x for dims in passes]))
+            self._keep_tiles(segmentation, class_logits)
+            outputs = segmentation.chunk(len(passes))
+        else:
+            outputs = []
+            for dims in passes:
+                segmentation, class_logits = self._forward_with_class(torch.flip(x, dims) if dims else x)
+                self._keep_tiles(segmentation, class_logits)
+                outputs.append(segmentation)
+        prediction = outputs[0].clone()
+        for output, dims in zip(outputs[1:], passes[1:]):  # nnU-Net's order of summation
+            prediction += torch.flip(output, dims)
+        return prediction / len(passes)
 
     def initialize_from_model_folder(self, model_folder: str | Path, folds: Sequence[int | str] = (0,), checkpoint_name: str = "checkpoint_best.pth") -> None:
         """Load plans, dataset.json, settings and the folds' weights; build the network with the project's code."""
@@ -136,11 +216,19 @@ class MultitaskPredictor(nnUNetPredictor):
             label_manager.num_segmentation_heads, False, settings.head, label_manager.has_regions,
         )
         network.eval()
-        network.register_forward_hook(self._collect_tile)
+        network.register_forward_hook(self._collect_tile)  # nnU-Net's own passes (accurate); the others call forward_with_class
+        self._forward_with_class = network.forward_with_class
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed tile shapes: cuDNN picks its fastest kernels once
+            if self.mode.channels_last:
+                network.to(memory_format=torch.channels_last_3d)
+            if self.mode.compile:
+                self._forward_with_class = torch.compile(network.forward_with_class)
         self.subtype_names = list(dataset_json.get("subtypes", [f"subtype{k}" for k in range(settings.head.num_classes)]))
         self._tiles: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json, TRAINER_NAME, mirror_axes)
         self._checkpoints = [model_folder / f"fold_{fold}" / checkpoint_name for fold in folds]
+        self.export_configuration = torch_export_configuration(configuration_manager, self.device) if self.mode.device_export else configuration_manager
 
     def fingerprint(self) -> str:
         """What produced a result: the checkpoints' bytes, the sliding-window settings and the postprocessing.
@@ -153,13 +241,18 @@ class MultitaskPredictor(nnUNetPredictor):
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
-        digest.update(repr((self.tile_step_size, self.use_mirroring, self.mirrors, self.postprocessing is not None)).encode())
+        digest.update(repr((self.tile_step_size, self.use_mirroring, self.mode, self.postprocessing is not None)).encode())
         return digest.hexdigest()[:16]
 
     def _collect_tile(self, module: MultitaskNetwork, inputs, output) -> None:
+        self._keep_tiles(output, module.last_class_logits)
+
+    def _keep_tiles(self, output, class_logits: torch.Tensor) -> None:
+        """Class logits and subtype weight of every tile of one forward pass."""
         segmentation = output[0] if isinstance(output, (list, tuple)) else output
-        self._tiles[0].append(module.last_class_logits.float().cpu())
-        self._tiles[1].append(tile_weight(segmentation, module.has_regions, module.head.config.pooling).cpu())
+        head = self.network.head.config.pooling
+        self._tiles[0].append(class_logits.float().cpu())  # tile order differs between modes; the weighted mean does not care
+        self._tiles[1].append(tile_weight(segmentation, self.network.has_regions, head).cpu())
 
     @torch.inference_mode()
     def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers, do_on_device: bool = True) -> torch.Tensor:
@@ -193,25 +286,55 @@ class MultitaskPredictor(nnUNetPredictor):
             raise RuntimeError("inf in the predicted logits (fp16 accumulation overflow)")
         return logits
 
-    def predict_logits(self, image_files: Sequence[str]) -> tuple[torch.Tensor, dict, np.ndarray]:
-        """nnU-Net's preprocessing and sliding window: logits on the preprocessed grid, properties, subtype probabilities."""
+    def preprocess(self, image_files: Sequence[str]) -> tuple[np.ndarray, dict, dict[str, float]]:
+        """nnU-Net's reading and preprocessing (crop, normalise, resample): data, properties, seconds per step."""
+        start = time.perf_counter()
         reader = self.plans_manager.image_reader_writer_class()
         data, properties = reader.read_images(list(image_files))
         if not np.isfinite(data).all():
             raise VolumeError(f"{image_files[0]}: non-finite voxels (NaN or inf)")
+        read = time.perf_counter()
         preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
         data, _, properties = preprocessor.run_case_npy(data, None, properties, self.plans_manager, self.configuration_manager, self.dataset_json)
+        return data, properties, {"read": read - start, "preprocess": time.perf_counter() - read}
+
+    def predict_preprocessed(self, data: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The sliding window over preprocessed data: logits on that grid (on the CPU) and the subtype probabilities."""
         self._tiles[0].clear()
         self._tiles[1].clear()
         logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
         probabilities = aggregate_class_probabilities(torch.cat(self._tiles[0]), torch.cat(self._tiles[1])).numpy()
+        return logits, probabilities
+
+    def predict_logits(self, image_files: Sequence[str]) -> tuple[torch.Tensor, dict, np.ndarray]:
+        """Read, preprocess and predict one case: logits on the preprocessed grid, properties, subtype probabilities."""
+        data, properties, _ = self.preprocess(image_files)
+        logits, probabilities = self.predict_preprocessed(data)
         return logits, properties, probabilities
 
     def export_segmentation(self, logits: torch.Tensor, properties: dict) -> np.ndarray:
-        """nnU-Net's export: resample the logits back, labels (regions resolved), uncropped to the input's grid."""
+        """nnU-Net's export: resample the logits back, labels (regions resolved), uncropped to the input's grid.
+
+        With ``device_export`` the resampling is nnU-Net's torch resampler on the prediction device.
+        """
         return convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, self.plans_manager, self.configuration_manager, self.label_manager, properties, return_probabilities=False
+            logits, self.plans_manager, self.export_configuration, self.label_manager, properties, return_probabilities=False
         )
+
+
+def torch_export_configuration(configuration_manager: ConfigurationManager, device: torch.device) -> ConfigurationManager:
+    """The configuration with its probability resampling swapped for nnU-Net's ``resample_torch_fornnunet`` on ``device``.
+
+    Same interpolation as the default (linear; nearest along an anisotropic axis), computed with torch.
+    An in-memory copy: the plans file stays as trained.
+    """
+    configuration = dict(configuration_manager.configuration)
+    default = configuration.get("resampling_fn_probabilities_kwargs", {})
+    configuration["resampling_fn_probabilities"] = "resample_torch_fornnunet"
+    configuration["resampling_fn_probabilities_kwargs"] = {
+        "is_seg": False, "device": device, "force_separate_z": default.get("force_separate_z"), "num_threads": torch.get_num_threads(),
+    }
+    return ConfigurationManager(configuration)
 
 
 @dataclass
@@ -248,38 +371,69 @@ def predict_cases(
         raise ValueError(f"part_id must be within 0..{num_parts - 1}, got {part_id}")
     out = Path(output_folder)
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / UNPROCESSED):  # what a killed run left half-written
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
     report = PredictionReport()
     made_by = predictor.fingerprint()
-    # on CUDA the export (resampling back on the CPU, writing) of a case runs in a thread while the GPU
-    # predicts the next case; on CPU both would compete for the same cores, so it runs in line
-    exporter = ThreadPoolExecutor(max_workers=1) if predictor.device.type == "cuda" else None
+    todo = []
+    for case_id, image in list(cases)[part_id::num_parts]:
+        mask, sidecar = out / f"{case_id}{file_ending}", out / f"{case_id}{SIDECAR}"
+        if not overwrite and mask.is_file() and _made_by(sidecar, made_by, image):
+            report.skipped.append(case_id)
+            continue
+        for stale in (sidecar, mask, out / UNPROCESSED / mask.name):  # a case that fails now must not keep an older result
+            stale.unlink(missing_ok=True)
+        todo.append((case_id, image, mask, sidecar))
+    # on CUDA the next case is read and preprocessed, and the previous one exported (resampled back,
+    # written), in threads while the GPU predicts; on CPU all would compete for the same cores
+    overlap = predictor.device.type == "cuda"
+    loader, exporter = (ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)) if overlap else (None, None)
+    load = lambda image: _run(_load_case, predictor, image)  # noqa: E731
     pending: Future | None = None
     try:
-        for case_id, image in progress(list(cases)[part_id::num_parts], "predicting", unit="case"):
-            mask, sidecar = out / f"{case_id}{file_ending}", out / f"{case_id}{SIDECAR}"
-            if not overwrite and mask.is_file() and _made_by(sidecar, made_by, image):
-                report.skipped.append(case_id)
+        next_input = (loader.submit(load, todo[0][1]) if loader else None) if todo else None
+        for index, (case_id, image, mask, sidecar) in enumerate(progress(todo, "predicting", unit="case")):
+            loaded = next_input.result() if next_input is not None else load(image)
+            next_input = loader.submit(load, todo[index + 1][1]) if loader and index + 1 < len(todo) else None
+            if isinstance(loaded, Exception):  # whatever one input breaks is reported; the other cases still run
+                _failed(report, image, loaded)
                 continue
-            for stale in (sidecar, mask, out / UNPROCESSED / mask.name):  # a case that fails now must not keep an older result
-                stale.unlink(missing_ok=True)
+            data, properties, seconds = loaded
             start = time.perf_counter()
             try:
-                read_header(image)  # names the file if it is unreadable or not 3D
-                logits, properties, probabilities = predictor.predict_logits([str(image)])
-            except Exception as exc:  # whatever one input breaks is reported; the other cases still run
+                logits, probabilities = predictor.predict_preprocessed(data)
+            except Exception as exc:
                 _failed(report, image, exc)
                 continue
+            seconds["network"] = time.perf_counter() - start
             if pending is not None:
                 _collect(pending, report)
-            job = (predictor, case_id, image, logits, properties, probabilities, mask, sidecar, start, made_by)
+            job = (predictor, case_id, image, logits, properties, probabilities, mask, sidecar, seconds, made_by)
             pending = exporter.submit(_export_case, *job) if exporter else _completed(_export_case(*job))
         if pending is not None:
             _collect(pending, report)
     finally:
-        if exporter is not None:
-            exporter.shutdown()
+        for pool in (loader, exporter):
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
     write_subtype_csv(out, predictor.subtype_names)
     return report
+
+
+def _run(function, *args):
+    """``function(*args)``, or the exception it raised (so a worker thread hands failures back as values)."""
+    try:
+        return function(*args)
+    except Exception as exc:
+        return exc
+
+
+def _load_case(predictor: MultitaskPredictor, image: Path) -> tuple[np.ndarray, dict, dict[str, float]]:
+    start = time.perf_counter()
+    check_complete(image)  # names the file if it is unreadable, not 3D, or cut short (SimpleITK would zero-fill it)
+    data, properties, seconds = predictor.preprocess([str(image)])
+    return data, properties, {**seconds, "read": seconds["read"] + time.perf_counter() - start - sum(seconds.values())}
 
 
 def _completed(value: object) -> Future:
@@ -302,14 +456,16 @@ def _made_by(sidecar: Path, fingerprint: str, image: Path) -> bool:
     return record.get("model") == fingerprint and record.get("input") == _input_stamp(image)
 
 
-def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logits: torch.Tensor, properties: dict, probabilities: np.ndarray, mask: Path, sidecar: Path, start: float, made_by: str) -> tuple[str, Path, dict | Exception]:
+def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logits: torch.Tensor, properties: dict, probabilities: np.ndarray, mask: Path, sidecar: Path, seconds: dict[str, float], made_by: str) -> tuple[str, Path, dict | Exception]:
     """Mask, then sidecar, each atomically: a case counts as done only when both exist; a failure leaves neither.
 
     With postprocessing, the mask before it goes to ``no_postprocessing/`` first.
     """
     writer = predictor.plans_manager.image_reader_writer_class()
     try:
+        start = time.perf_counter()
         segmentation = predictor.export_segmentation(logits, properties)
+        written = time.perf_counter()
         if predictor.postprocessing is not None:
             unprocessed = mask.parent / UNPROCESSED / mask.name
             unprocessed.parent.mkdir(exist_ok=True)
@@ -318,8 +474,9 @@ def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logit
             segmentation = apply_postprocessing(segmentation, predictor.postprocessing)
         with atomic_path(mask) as tmp:
             writer.write_seg(segmentation, str(tmp), properties)
-        record = {"Names": mask.name, "probabilities": [float(p) for p in probabilities], "seconds": time.perf_counter() - start,
-                  "model": made_by, "input": _input_stamp(image)}
+        seconds = {**seconds, "export": written - start, "write": time.perf_counter() - written}
+        record = {"Names": mask.name, "probabilities": [float(p) for p in probabilities], "seconds": sum(seconds.values()),
+                  "stages": seconds, "model": made_by, "input": _input_stamp(image)}
         write_json(sidecar, record)
         return case_id, image, record
     except Exception as exc:
@@ -346,8 +503,9 @@ def _failed(report: PredictionReport, image: Path, exc: Exception) -> None:
 
 
 def case_records(output_folder: str | Path) -> list[dict]:
-    """The per-case results (``Names``, ``probabilities``, ``seconds``) of an output folder, sorted by name."""
-    return [json.loads(p.read_text()) for p in sorted(Path(output_folder).glob(f"*{SIDECAR}"))]
+    """The per-case results of an output folder, sorted by name: ``Names``, ``probabilities``, ``seconds`` (the
+    case's work, summed over ``stages``: read, preprocess, network, export (resampling back) and write)."""
+    return [json.loads(p.read_text()) for p in sorted(Path(output_folder).glob(f"*{SIDECAR}")) if not is_temporary(p)]
 
 
 def write_subtype_csv(output_folder: Path, subtype_names: Sequence[str]) -> Path:

@@ -2,7 +2,8 @@
 
 ``forward`` returns exactly what nnU-Net's network returns (the segmentation, or its deep-supervision
 list), so nnU-Net's loss, validation and predictor work unchanged. The encoder runs once per forward;
-the class logits of that forward are kept in ``last_class_logits``.
+the class logits of that forward are kept in ``last_class_logits``. ``forward_with_class`` returns
+both instead, for callers that compile the network or batch their own passes.
 """
 
 from __future__ import annotations
@@ -86,11 +87,12 @@ class MultitaskNetwork(nn.Module):
             probability = 1.0 - probs[:, :1] if pooling == "foreground" else probs[:, 2:3]
         return (probability > 0.5).float()
 
-    def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None):
-        """Segmentation as nnU-Net returns it; ``guide`` (B, 1, ...) replaces the predicted pooling weights.
+    def forward_with_class(self, x: torch.Tensor, guide: torch.Tensor | None = None):
+        """(segmentation as nnU-Net returns it, class logits), without side effects (``torch.compile`` traces it whole).
 
-        Training passes the ground-truth mask as ``guide`` so that the head learns from the lesion
-        from the first epoch on, before the segmentation is any good; inference pools with the prediction.
+        ``guide`` (B, 1, ...) replaces the predicted pooling weights: training passes the ground-truth
+        mask so that the head learns from the lesion from the first epoch on, before the segmentation
+        is any good; inference pools with the prediction.
         """
         skips = self.encoder(x)
         segmentation = self.decoder(skips)
@@ -98,7 +100,11 @@ class MultitaskNetwork(nn.Module):
         weights = self.pooling_weights(full_resolution)
         if weights is not None and guide is not None:
             weights = guide.float()
-        self.last_class_logits = self.head(skips[-1], weights)
+        return segmentation, self.head(skips[-1], weights)
+
+    def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None):
+        """Segmentation as nnU-Net returns it; the class logits of this pass are kept in ``last_class_logits``."""
+        segmentation, self.last_class_logits = self.forward_with_class(x, guide)
         return segmentation
 
 
