@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     from pancreas_multitask.experiment_planning.plans import CPU_PLANS, RESENC_M, ReducedPlan
     from pancreas_multitask.experiment_planning.prepare import prepare
     from pancreas_multitask.manifest import ProfilePaths, load_manifest
-    from pancreas_multitask.runner import load_parameters
+    from pancreas_multitask.profiles import load_parameters
     from pancreas_multitask.runtime import configure_nnunet, git_revision, library_versions
     from pancreas_multitask.training.settings import settings_from_parameters
 

@@ -23,6 +23,7 @@ dynamic_network_architectures==0.4.4 ndindex==1.10.1 numexpr==2.14.2 connected-c
 BUDGET=$((58 * 1024 * 1024))  # bytes per call, the working tree (under 1 MB) and some headroom left
 
 pack() {  # the wheels for the device's Python 3.12, then the real CT, in calls of at most $BUDGET bytes
+  [ -d "$REAL_CT/train" ] || { echo "gpu_check pack: no real CT in $REAL_CT (set PANCREAS_REAL_CT_DIR)" >&2; exit 1; }
   local tmp; tmp=$(mktemp -d)
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
@@ -33,10 +34,12 @@ pack() {  # the wheels for the device's Python 3.12, then the real CT, in calls 
   mv "$tmp"/whl/simpleitk-*.whl .gpu/call1/whl/ && mv "$tmp"/whl/*.whl .gpu/call2/whl/
   local call=1 used
   used=$(du -sb .gpu/call1 | cut -f1)
-  while IFS= read -r file; do  # images and masks, in order, into the first call with room
+  while IFS= read -r file; do  # images and masks, in order, into the current call, the next when it is full
     local size; size=$(stat -c %s "$REAL_CT/$file")
-    while [ $((used + size)) -gt $BUDGET ]; do call=$((call + 1)); used=$(du -sb .gpu/call$call | cut -f1); done
-    [ $call -le 3 ] || { echo "gpu_check pack: the real CT does not fit in 3 calls" >&2; exit 1; }
+    while [ $((used + size)) -gt $BUDGET ]; do
+      [ $call -lt 3 ] || { echo "gpu_check pack: the real CT does not fit in 3 calls" >&2; exit 1; }
+      call=$((call + 1)); used=$(du -sb .gpu/call$call | cut -f1)
+    done
     mkdir -p ".gpu/call$call/data/$(dirname "$file")" && cp "$REAL_CT/$file" ".gpu/call$call/data/$file"
     used=$((used + size))
   done < <(cd "$REAL_CT" && find . -name '*.nii.gz' | sed 's|^\./||' | sort)
@@ -61,7 +64,8 @@ case $STAGE in
   3)
     unpack 3
     export PYTHONPATH="$ROOT/site:$PWD/lib" PYTHONUNBUFFERED=1
-    python3 -c "import nnunetv2, SimpleITK, nibabel, blosc2, pancreas_multitask.training.run" \
+    python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import nnunetv2, SimpleITK, nibabel, blosc2, psutil, gpu_check, train_speed, inference_speed
+import pancreas_multitask.profiles, pancreas_multitask.experiment_planning.prepare, pancreas_multitask.training.run, pancreas_multitask.inference.predictor, pancreas_multitask.evaluation.metrics" \
       || { echo "gpu_check: the carried packages do not import (did the machine go cold between calls? start again at call 1)" >&2; exit 3; }
     python3 benchmarks/gpu_check.py --device cuda --real-ct "$ROOT/real_ct" --out "${OUT:-benchmarks/results/gpu_check}" 2>&1 | tee "${OUT:-/tmp}/gpu_check.log"
     ;;

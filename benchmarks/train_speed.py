@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pancreas_multitask.io import write_json, write_text
     from pancreas_multitask.manifest import load_manifest
-    from pancreas_multitask.runner import load_parameters
+    from pancreas_multitask.profiles import load_parameters
     from pancreas_multitask.runtime import configure_nnunet, detect_device, git_revision, library_versions
     from pancreas_multitask.training.settings import settings_from_parameters
 

@@ -22,6 +22,8 @@ from pancreas_multitask.inference.predictor import CSV_NAME, MODES, UNPROCESSED,
 from pancreas_multitask.training.run import train
 from pancreas_multitask.training.settings import HeadConfig, MultitaskSettings
 
+from conftest import snapshot
+
 
 @pytest.fixture(scope="module")
 def model(tiny_prepared, manifest, tmp_path_factory) -> Path:
@@ -93,6 +95,21 @@ def test_rerun_skips_and_bad_input_is_named(predictor, tiny_phantom: Path, tmp_p
     assert sorted(again.skipped) == sorted(report.predicted) and not again.predicted
 
 
+def test_overlapped_reading_and_export_give_the_same_results(predictor, tiny_phantom: Path, tmp_path: Path) -> None:
+    """The CUDA pipeline (next case read and preprocessed, last one exported, in threads), run on CPU."""
+    predictor.use_mirroring = False
+    folder = tmp_path / "in"
+    shutil.copytree(tiny_phantom / "quiz" / "test", folder)
+    (folder / "quiz_998_0000.nii.gz").write_bytes(b"corrupt")  # a failure inside the loader thread
+    reports = {flag: predict_cases(predictor, input_cases(folder), tmp_path / str(flag), overlap=flag) for flag in (False, True)}
+    assert reports[True].predicted == reports[False].predicted and len(reports[True].failed) == 1
+    assert "quiz_998_0000.nii.gz" in reports[True].failed[0]
+    for case_id in reports[True].predicted:
+        masks = [np.asarray(nib.load(str(tmp_path / str(flag) / f"{case_id}.nii.gz")).dataobj) for flag in (False, True)]
+        assert np.array_equal(*masks), case_id
+    assert (tmp_path / "True" / CSV_NAME).read_text() == (tmp_path / "False" / CSV_NAME).read_text()
+
+
 def test_a_truncated_image_is_named_not_predicted(predictor, tiny_phantom: Path, tmp_path: Path) -> None:
     """A download cut short: the first half of a .nii.gz. SimpleITK reads it and zero-fills the rest; we refuse it."""
     import SimpleITK as sitk
@@ -118,17 +135,76 @@ def test_temporaries_of_a_killed_run_are_ignored_and_cleaned(predictor, tiny_pha
     out = tmp_path / "out"
     predict_cases(predictor, cases, out)
     name = cases[0][0]
-    old = out / f".{name}.subtype.json.k1ll3d.subtype.json"  # half a sidecar, from a run killed an hour ago
+    old = out / f".tmp.{name}.subtype.json.k1ll3d.subtype.json"  # half a sidecar, from a run killed an hour ago
     old.write_text('{"Names": "' + name)
     os.utime(old, (old.stat().st_atime - 7200, old.stat().st_mtime - 7200))
-    fresh = out / f".{name}.nii.gz.w0rk1ng.nii.gz"  # a concurrent part's write in progress
+    fresh = out / f".tmp.{name}.nii.gz.w0rk1ng.nii.gz"  # a concurrent part's write in progress
     fresh.write_bytes(b"\x1f\x8b")
+    other = out / ".keep"  # someone else's hidden file, however old
+    other.write_text("")
+    os.utime(other, (other.stat().st_atime - 7200, other.stat().st_mtime - 7200))
     assert len(case_records(out)) == len(cases)  # neither temporary is read
     report = predict_cases(predictor, cases, out)
     assert sorted(report.skipped) == sorted(c for c, _ in cases) and not report.failed
-    assert not old.exists() and fresh.exists()  # the stale one is cleaned, the live one left alone
+    assert not old.exists() and fresh.exists() and other.exists()  # the stale one is cleaned, the live one and others left alone
     rows = list(csv.DictReader((out / CSV_NAME).open()))
     assert sorted(r["Names"] for r in rows) == sorted(f"{c}.nii.gz" for c, _ in cases)
+
+
+def test_an_unwritable_output_folder_is_named_before_any_work(predictor, tiny_phantom: Path, tmp_path: Path, monkeypatch) -> None:
+    """A read-only folder (simulated: the tests run as root, who may write anywhere)."""
+    import errno
+    import tempfile
+
+    out = tmp_path / "read_only"
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == out:
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError, match=f"{out}: cannot write here \\(Permission denied\\)"):
+        predict_cases(predictor, input_cases(tiny_phantom / "quiz" / "test"), out)
+
+
+def test_a_full_disk_fails_the_case_it_hits_and_keeps_the_finished_ones(predictor, tiny_phantom: Path, tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    predictor.use_mirroring = False
+    cases = input_cases(tiny_phantom / "quiz" / "test")[:2]
+    out = tmp_path / "out"
+    write_seg = SimpleITKIO.write_seg
+
+    def disk_full_on_the_second(self, seg, output_fname, properties):
+        if cases[1][0] in Path(output_fname).name:
+            with open(output_fname, "wb") as handle:  # half a file, then the disk is full
+                handle.write(b"\x1f\x8b\x08")
+            raise OSError(errno.ENOSPC, "No space left on device", output_fname)
+        return write_seg(self, seg, output_fname, properties)
+
+    monkeypatch.setattr(SimpleITKIO, "write_seg", disk_full_on_the_second)
+    report = predict_cases(predictor, cases, out)
+    assert report.predicted == [cases[0][0]] and len(report.failed) == 1
+    assert str(cases[1][1]) in report.failed[0] and "No space left on device" in report.failed[0]
+    assert (out / f"{cases[0][0]}.nii.gz").is_file() and not (out / f"{cases[1][0]}.nii.gz").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written file left
+    assert [r["Names"] for r in csv.DictReader((out / CSV_NAME).open())] == [f"{cases[0][0]}.nii.gz"]
+
+    import pancreas_multitask.inference.predictor as predictor_module
+
+    def csv_disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(predictor_module, "write_subtype_csv", csv_disk_full)
+    monkeypatch.setattr(SimpleITKIO, "write_seg", write_seg)
+    report = predict_cases(predictor, cases, out)  # the disk filled up again before the CSV
+    assert report.predicted == [cases[1][0]] and report.skipped == [cases[0][0]]
+    assert any(CSV_NAME in f and "re-run to rebuild it" in f for f in report.failed)
+    assert (out / f"{cases[1][0]}.nii.gz").is_file()
 
 
 def test_a_result_of_another_model_or_input_is_not_reused(predictor, tiny_phantom: Path, tmp_path: Path) -> None:
@@ -221,9 +297,9 @@ def test_device_export_matches_nnunets_resampling(model, real_case_dir: Path) ->
         assert dice(np.isin(exported[1], region), reference) >= 0.999, region
 
 
-def test_fast_falls_back_to_one_pass_at_a_time_when_the_gpu_is_full(model, real_case_dir: Path, monkeypatch) -> None:
+def test_fast_falls_back_to_one_pass_at_a_time_when_the_gpu_is_full(model, tiny_phantom: Path, monkeypatch) -> None:
     """Batched passes that do not fit (a 16 GB GPU) give the same logits one tile and one flip at a time."""
-    image = [str(real_case_dir / "quiz_0_324_0000.nii.gz")]
+    image = [str(_images(tiny_phantom)[0][1])]
     reference, _, reference_probabilities = make_predictor(model, "fast").predict_logits(image)
     predictor = make_predictor(model, "fast")
     forward = predictor._forward_with_class
@@ -340,6 +416,37 @@ def test_cli_predicts_a_folder_from_a_zip_and_fails_on_bad_input(model, tiny_pha
     assert "postprocessing: keep the largest" in done.stdout or "postprocessing: determined: nothing helped" in done.stdout
     done = subprocess.run([*command[:6], str(tmp_path / "plain"), *command[7:], "--disable_postprocessing"], capture_output=True, text=True, env={**os.environ, "PANCREAS_HEADLESS": "1"})
     assert "postprocessing: none" in done.stdout and not (tmp_path / "plain" / UNPROCESSED).exists()
+
+
+def test_inference_killed_hard_resumes_without_half_written_masks(model, tiny_phantom: Path, tmp_path: Path) -> None:
+    """SIGKILL mid-way (a preempted node, an OOM kill), then the same command again: every case once, no partial file."""
+    import signal
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):  # enough cases that the kill lands mid-folder
+        for case_id, image in input_cases(tiny_phantom / "quiz" / "test"):
+            shutil.copy(image, folder / f"{case_id}{i}_0000.nii.gz")
+    before = snapshot(folder)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pancreas_multitask.inference.predict", "-i", str(folder), "-o", str(out), "-m", str(model), "-device", "cpu", "--mode", "accurate"]
+    env = {**os.environ, "PANCREAS_HEADLESS": "1"}
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*.subtype.json")) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    finished = {p.name for p in out.glob("*.nii.gz")}
+    assert 0 < len(finished) < len(input_cases(folder)), "the kill should land mid-folder"
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    names = [r["Names"] for r in csv.DictReader((out / CSV_NAME).open())]
+    assert sorted(names) == sorted(f"{c}.nii.gz" for c, _ in input_cases(folder))
+    for name in names:
+        nib.load(str(out / name)).get_fdata()  # every mask whole
+    assert snapshot(folder) == before  # the inputs untouched
 
 
 def test_a_failed_sliding_window_attempt_leaves_no_tiles(model, real_case_dir: Path, monkeypatch) -> None:

@@ -89,11 +89,14 @@ def test_headless_console_names_every_problem_of_a_failed_scan(tmp_path: Path, c
 
 def test_the_local_kernel_starts_without_the_tcp_warning(tmp_path: Path, capfd) -> None:
     """ipykernel warns about unencrypted TCP at every start; the runner's kernel talks over IPC instead."""
-    repo = fake_repo(tmp_path, notebooks=(), extra_cells={"00_hello.ipynb": "import os\nprint('connected over', os.environ.get('JPY_PARENT_PID') and 'a kernel')"})
+    cell = "import json\nfrom ipykernel.connect import get_connection_info\nprint('transport', json.loads(get_connection_info())['transport'])"
+    repo = fake_repo(tmp_path, notebooks=(), extra_cells={"00_hello.ipynb": cell})
     assert run(repo, "smoke") == 0
     captured = capfd.readouterr()
     assert "[00_hello] ok" in captured.out
     assert "without encryption" not in captured.out + captured.err and "IPKernelApp" not in captured.err
+    (executed,) = (repo / "reports" / "runs").glob("*/00_hello.ipynb")
+    assert "transport ipc" in executed.read_text()  # the kernel really talks over IPC
 
 
 HOLD_LOCK = """
@@ -127,6 +130,26 @@ def test_a_second_run_on_the_same_work_folder_stops_at_once(tmp_path: Path, capf
         first.kill()
         first.wait()
     assert run(repo, "smoke") == 0  # the lock went with the process that held it
+
+
+def test_a_read_only_work_folder_is_named(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Simulated (the tests run as root): every file opened under the work folder is refused."""
+    import builtins
+    import errno
+
+    import pancreas_multitask.io as io_module
+
+    repo = fake_repo(tmp_path, notebooks=(), extra_cells={"00_hello.ipynb": "print('hello')"})
+    work = repo / "work"
+
+    def read_only(file, *args, **kwargs):
+        if str(file).startswith(str(work)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io_module, "open", read_only, raising=False)
+    assert run(repo, "smoke") == 1
+    assert f"cannot write to the work folder {work} (Permission denied)" in capsys.readouterr().out
 
 
 def test_select_notebooks() -> None:

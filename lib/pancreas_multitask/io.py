@@ -88,13 +88,16 @@ def load_volume(path: str | os.PathLike[str]) -> Volume:
     return Volume(path=path, data=data, affine=img.affine.copy(), stored_dtype=img.header.get_data_dtype())
 
 
+TEMPORARY_PREFIX = ".tmp."  # atomic_path's unfinished files: hidden, and named so that nothing else matches
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # keep the full suffix (.nii.gz) so writers that dispatch on the extension still work
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix="".join(target.suffixes) or ".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{target.name}.", suffix="".join(target.suffixes) or ".tmp", dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -120,9 +123,8 @@ def file_lock(path: str | os.PathLike[str], wait: bool = True, holder: str = "")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here
+    fcntl = _fcntl()
+    if fcntl is None:  # Windows: no advisory locks here
         yield
         return
     with open(path, "a+") as handle:
@@ -141,21 +143,42 @@ def file_lock(path: str | os.PathLike[str], wait: bool = True, holder: str = "")
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def ensure_writable(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` if needed and prove that a file can be written there; OSError names the folder and the reason."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{folder}: cannot write here ({exc.strerror or exc}); free some space, fix its permissions, or choose another folder") from exc
+    return folder
+
+
+def _fcntl():
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    return fcntl
+
+
 def is_temporary(path: Path) -> bool:
-    """An unfinished ``atomic_path`` file (hidden, ``.<target name>.<random><suffixes>``): never a result."""
-    return path.name.startswith(".")
+    """An unfinished ``atomic_path`` file (``.tmp.<target name>.<random><suffixes>``): never a result."""
+    return path.name.startswith(TEMPORARY_PREFIX)
 
 
 STALE_AFTER_S = 3600.0  # a temporary this old was left by a killed run; a live writer's is seconds old
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str], older_than_s: float = STALE_AFTER_S) -> list[Path]:
-    """Delete what killed runs left in ``folder``: temporaries older than ``older_than_s`` (a concurrent
-    process's fresh ones stay). Returns what was removed."""
+    """Delete what killed runs left in ``folder``: ``atomic_path`` temporaries older than ``older_than_s`` (a
+    concurrent process's fresh ones stay; other hidden files, locks included, are never touched). Returns what was removed."""
     import time
 
     now, removed = time.time(), []
-    for path in Path(folder).glob(".*"):
+    for path in Path(folder).glob(f"{TEMPORARY_PREFIX}*"):
         try:
             if path.is_file() and now - path.stat().st_mtime > older_than_s:
                 path.unlink()

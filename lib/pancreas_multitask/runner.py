@@ -28,6 +28,7 @@ from traitlets import default
 from .dataset.phantom import ensure_phantom
 from .io import LockedError, file_lock, write_json, write_text
 from .manifest import load_manifest
+from .profiles import load_parameters
 from .runtime import HEADLESS_VAR, find_repo_root, git_revision, is_headless, library_versions
 
 PROFILES = ("demo", "smoke", "realct", "local", "colab")
@@ -51,21 +52,6 @@ def select_notebooks(notebooks: list[Path], start: str | None = None, only: str 
     if start is not None:
         return [p for p in notebooks if number(p) >= int(start)]
     return notebooks
-
-
-def load_parameters(params_dir: Path, profile: str, extra: Path | None = None) -> dict[str, Any]:
-    """The profile's parameter file, updated by an optional extra YAML file."""
-    path = params_dir / f"{profile}.yaml"
-    if not path.is_file():
-        raise SystemExit(f"unknown profile {profile!r}: {path} does not exist")
-    params = yaml.safe_load(path.read_text()) or {}
-    if extra is not None:
-        try:
-            params.update(yaml.safe_load(extra.read_text()) or {})
-        except (OSError, yaml.YAMLError) as exc:
-            raise SystemExit(f"--params {extra}: cannot read it ({exc})") from exc
-    params["profile"] = profile
-    return params
 
 
 def profile_parameters(profile: str, current: dict[str, Any], params_dir: Path | None = None) -> dict[str, Any]:
@@ -153,6 +139,11 @@ def run(repo: Path, profile: str, start: str | None = None, only: str | None = N
     except LockedError as exc:
         print(f"another run is using the work folder {work}: {exc}.\nWait for it to finish, or give this run its own work folder "
               "(PANCREAS_WORK_DIR, or the profile's `work` in data_manifest.yaml).", flush=True)
+        return 1
+    except OSError as exc:
+        if work is None or exc.filename is None or not str(exc.filename).startswith(str(work)):
+            raise
+        print(f"cannot write to the work folder {work} ({exc.strerror}); fix its permissions, free some space, or choose another work folder", flush=True)
         return 1
 
 

@@ -229,7 +229,7 @@ def scan_raw(raw: str | Path, manifest: Manifest, on_bad_case: OnBadCase | None 
         layout = manifest.layout
         splits = ", ".join(f"{raw / split}" for split in (*layout.labeled_splits, layout.test_split))
         raise DataValidationError(problems + [Problem(raw, (
-            f"no cases found under {splits}; expected {layout.labeled_splits[0]}/subtypeK/ files matching "
+            f"no cases found under {splits}; expected {layout.labeled_splits[0]}/<{'|'.join(manifest.subtypes)}>/ files matching "
             f"{layout.image.pattern} (images) and {layout.mask.pattern} (masks), and {layout.test_split}/ files matching "
             f"{layout.test_image.pattern}"))])
     if problems and policy == "error":

@@ -27,7 +27,7 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from ..io import VolumeError, atomic_path, check_complete, is_temporary, remove_stale_temporaries, write_json, write_text
+from ..io import VolumeError, atomic_path, check_complete, ensure_writable, is_temporary, remove_stale_temporaries, write_json, write_text
 from ..runtime import is_headless, progress
 from ..training.network import MultitaskNetwork, build_multitask_network
 from ..training.run import TRAINER_NAME
@@ -358,8 +358,12 @@ def predict_cases(
     num_parts: int = 1,
     part_id: int = 0,
     file_ending: str = ".nii.gz",
+    overlap: bool | None = None,
 ) -> PredictionReport:
     """Write ``<case>.nii.gz`` masks and ``subtype_results.csv``; every file atomically.
+
+    ``overlap`` (default: on CUDA) reads and preprocesses the next case, and exports the previous
+    one, in threads while the network runs.
 
     A case already done by the same model, settings and postprocessing from the same input file
     (``MultitaskPredictor.fingerprint`` and the input's size and mtime, kept in its sidecar) is skipped
@@ -369,8 +373,7 @@ def predict_cases(
     """
     if not 0 <= part_id < num_parts:
         raise ValueError(f"part_id must be within 0..{num_parts - 1}, got {part_id}")
-    out = Path(output_folder)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable(output_folder)  # a read-only or full folder stops here, naming it, before any work
     for folder in (out, out / UNPROCESSED):  # what a killed run left half-written
         if folder.is_dir():
             remove_stale_temporaries(folder)
@@ -382,18 +385,18 @@ def predict_cases(
         if not overwrite and mask.is_file() and _made_by(sidecar, made_by, image):
             report.skipped.append(case_id)
             continue
-        for stale in (sidecar, mask, out / UNPROCESSED / mask.name):  # a case that fails now must not keep an older result
-            stale.unlink(missing_ok=True)
         todo.append((case_id, image, mask, sidecar))
     # on CUDA the next case is read and preprocessed, and the previous one exported (resampled back,
     # written), in threads while the GPU predicts; on CPU all would compete for the same cores
-    overlap = predictor.device.type == "cuda"
+    overlap = predictor.device.type == "cuda" if overlap is None else overlap
     loader, exporter = (ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)) if overlap else (None, None)
     load = lambda image: _run(_load_case, predictor, image)  # noqa: E731
     pending: Future | None = None
     try:
         next_input = (loader.submit(load, todo[0][1]) if loader else None) if todo else None
         for index, (case_id, image, mask, sidecar) in enumerate(progress(todo, "predicting", unit="case")):
+            for stale in (sidecar, mask, out / UNPROCESSED / mask.name):  # a case that fails now must not keep an older result
+                stale.unlink(missing_ok=True)
             loaded = next_input.result() if next_input is not None else load(image)
             next_input = loader.submit(load, todo[index + 1][1]) if loader and index + 1 < len(todo) else None
             if isinstance(loaded, Exception):  # whatever one input breaks is reported; the other cases still run
@@ -417,7 +420,11 @@ def predict_cases(
         for pool in (loader, exporter):
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-    write_subtype_csv(out, predictor.subtype_names)
+    try:
+        write_subtype_csv(out, predictor.subtype_names)
+    except OSError as exc:  # e.g. the disk filled up: the finished cases' masks and sidecars are kept
+        report.failed.append(f"{out / CSV_NAME}: not written ({exc}); re-run to rebuild it from the finished cases")
+        print(f"FAILED {report.failed[-1]}", flush=True)
     return report
 
 
