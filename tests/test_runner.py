@@ -152,6 +152,15 @@ def test_a_read_only_work_folder_is_named(tmp_path: Path, capsys, monkeypatch) -
     assert f"cannot write to the work folder {work} (Permission denied)" in capsys.readouterr().out
 
 
+def test_the_kernel_stays_on_tcp_where_a_socket_path_would_be_too_long(tmp_path: Path, monkeypatch) -> None:
+    from pancreas_multitask.runner import LocalKernelManager
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", "/tmp/jrt")
+    assert LocalKernelManager().transport == "ipc"
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("a-very-long-folder-name" * 4)))
+    assert LocalKernelManager().transport == "tcp"
+
+
 def test_select_notebooks() -> None:
     paths = [Path(f"{i:02d}_x.ipynb") for i in range(5)]
     assert select_notebooks(paths, start="02") == paths[2:]

@@ -210,14 +210,21 @@ def _run(repo: Path, profile: str, params: dict[str, Any], notebooks: list[Path]
     return status
 
 
+IPC_PATH_LIMIT = 100  # bytes; a Unix socket's path may hold about 107
+
+
 class LocalKernelManager(AsyncKernelManager):
     """The notebooks' kernel, on this machine, over IPC (Unix sockets beside its connection file in the
     private Jupyter runtime folder) instead of TCP on localhost. ipykernel warns about unencrypted TCP
-    at every start; IPC is not reachable over the network, so there is nothing to encrypt."""
+    at every start; IPC is not reachable over the network, so there is nothing to encrypt. Where the
+    runtime folder's path is too long for a socket (or on Windows), it stays on TCP."""
 
     @default("transport")
     def _default_transport(self) -> str:
-        return "ipc" if os.name == "posix" else "tcp"
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        socket_path = os.path.join(jupyter_runtime_dir(), f"kernel-{'0' * 36}-ipc-5")  # what jupyter_client names them
+        return "ipc" if os.name == "posix" and len(socket_path.encode()) < IPC_PATH_LIMIT else "tcp"
 
 
 CONSOLE_LINES = 20  # of a failure's message; the rest is counted (the HTML has it all)
