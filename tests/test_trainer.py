@@ -89,6 +89,30 @@ def test_resume_continues_epochs_and_schedule(tiny_prepared, manifest, results, 
     assert again.stop_reason == result.stop_reason and len(pd.read_csv(again.metrics_file)) == 4
 
 
+def test_a_checkpoint_write_that_dies_keeps_the_previous_checkpoint(tiny_prepared, manifest, results, monkeypatch) -> None:
+    """The process dies inside torch.save (a kill, a full disk): checkpoint_latest.pth stays the last whole one."""
+    settings = MultitaskSettings(num_epochs=2, save_every=1, **TINY_RUN)
+    trainer = _trainer(tiny_prepared, manifest, settings)
+    trainer.initialize()
+    target = Path(trainer.output_folder) / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(target))
+    whole = target.read_bytes()
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(whole[: len(whole) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    trainer.current_epoch = 1
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_checkpoint(str(target))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert target.read_bytes() == whole and torch.load(target, weights_only=False)["current_epoch"] == 1
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".tmp.")]  # no half file left beside it
+
+
 def test_subtypes_come_only_from_the_table(tiny_prepared, manifest, results) -> None:
     trainer = _trainer(tiny_prepared, manifest, MultitaskSettings(num_epochs=1, **TINY_RUN))
     with pytest.raises(KeyError, match="quiz_9_999 has no subtype in subtypes.csv"):

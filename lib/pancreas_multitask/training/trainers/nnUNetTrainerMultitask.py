@@ -28,7 +28,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import autocast, nn
 
 from pancreas_multitask.experiment_planning.subtype_table import SUBTYPE_TABLE, read_subtype_table
-from pancreas_multitask.io import write_text
+from pancreas_multitask.io import atomic_path, write_text
 from pancreas_multitask.runtime import is_headless
 from pancreas_multitask.training.case_validation import classify_case
 from pancreas_multitask.training.network import MultitaskNetwork, build_multitask_network
@@ -224,6 +224,14 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         best = best_epoch(history)
         return (f"early stopping at epoch {len(history) - 1}: the validation criterion has not improved for "
                 f"{len(history) - 1 - best} epochs (patience {self.settings.patience}); best {history[best]:.4f} at epoch {best}")
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, written beside ``filename`` and renamed onto it: a process killed mid-write
+        (preemption, the OOM killer) leaves the previous checkpoint whole for ``--c`` / ``resume``, not half a file."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)  # writes nothing (nnU-Net logs why)
+        with atomic_path(filename) as tmp:
+            super().save_checkpoint(str(tmp))
 
     def on_epoch_end(self) -> None:
         epoch = self.current_epoch
