@@ -4,6 +4,7 @@ agreement with nnU-Net's evaluator, and the seed-compatible CLI."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from conftest import snapshot
 from pancreas_multitask.evaluation.evaluate import PER_CASE_COLUMNS, evaluate_folder, worst_first
 from pancreas_multitask.evaluation.ground_truth import read_answer_key, read_quiz_layout
 from pancreas_multitask.evaluation.metrics import (
@@ -328,6 +330,60 @@ def test_cli_fails_clearly_on_bad_input(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "metrics.json").exists()
     done = run_cli("--validation_data", tmp_path / "absent", "--prediction_folder", quiz["pred"], "--prediction_csv", quiz["csv"], "--output_folder", tmp_path / "out")
     assert done.returncode != 0 and "absent" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_mismatched_mask_is_named_and_none_is_dropped_from_a_mean(tmp_path: Path) -> None:
+    quiz = make_quiz(tmp_path)
+    save(quiz["pred"] / "quiz_0_001.nii.gz", reference_labels()[:, :, :-1], dtype=np.uint8)  # another shape
+    save(quiz["pred"] / "quiz_1_003.nii.gz", reference_labels(), affine=np.diag([1.5, 1.0, 3.0, 1.0]), dtype=np.uint8)  # another spacing
+    with pytest.raises(ValueError) as error:
+        evaluate_folder(read_quiz_layout(quiz["gt"]), quiz["pred"], quiz["csv"], tmp_path / "out")
+    message = str(error.value)
+    assert message.startswith("2 predicted mask(s) cannot be scored")
+    assert str(quiz["pred"] / "quiz_0_001.nii.gz") in message and str(quiz["pred"] / "quiz_1_003.nii.gz") in message
+    assert not (tmp_path / "out" / "metrics.json").exists()  # no mean over the cases that happened to fit
+
+
+KILLED_EVALUATION = """
+import os, signal, sys
+from pancreas_multitask import evaluate
+
+replace = os.replace
+
+def replace_or_die(source, target):
+    if str(target).endswith(sys.argv[1]):  # the temporary is written in full; the kill lands before its rename
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(source, target)
+
+if __name__ == "__main__":
+    os.replace = replace_or_die
+    sys.exit(evaluate.main(sys.argv[2:]))
+"""
+
+
+def test_evaluation_killed_while_writing_leaves_no_partial_or_stale_output(tmp_path: Path) -> None:
+    """SIGKILL between writing metrics.json's temporary and renaming it, after per_case.csv was written."""
+    quiz = make_quiz(tmp_path)
+    out = tmp_path / "out"
+    args = ["--validation_data", quiz["gt"], "--prediction_folder", quiz["pred"], "--prediction_csv", quiz["csv"], "--output_folder", out, "--resamples", 100]
+    assert run_cli(*args).returncode == 0
+    before = snapshot(quiz["gt"])
+    save(quiz["pred"] / "quiz_1_004.nii.gz", reference_labels(), dtype=np.uint8)  # a new prediction: the next scores differ
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_EVALUATION)
+    killed = subprocess.run([sys.executable, str(script), "metrics.json", *map(str, args)], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "metrics.json").exists() and not (out / "evaluation.html").exists()  # the old ones are gone, not mixed with the new CSV
+    assert [p.name for p in out.glob(".tmp.*")], "the kill should leave metrics.json's temporary"
+
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert not list(out.glob(".tmp.*"))
+    metrics, per_case = json.loads((out / "metrics.json").read_text()), pd.read_csv(out / "per_case.csv")
+    assert per_case.set_index("case").loc["quiz_1_004", "dsc_pancreas"] == 1.0  # the new prediction, in both files
+    assert metrics["segmentation"]["dsc_pancreas"]["mean"] == pytest.approx(per_case["dsc_pancreas"].mean())
+    assert (out / "evaluation.html").stat().st_size > 10_000
+    assert snapshot(quiz["gt"]) == before
 
 
 def test_cli_with_the_phantom_answer_key_folder(tiny_phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

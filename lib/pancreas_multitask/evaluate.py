@@ -72,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .evaluation.evaluate import METRICS_JSON, PER_CASE_CSV, evaluate_folder
+    from .evaluation.evaluate import METRICS_JSON, PER_CASE_CSV, clear_outputs, evaluate_folder
     from .evaluation.ground_truth import read_answer_key, read_quiz_layout
     from .evaluation.report import REPORT_NAME, collect_provenance, write_report
     from .postprocessing import UNPROCESSED
 
     try:
+        clear_outputs(args.output_folder, (METRICS_JSON, PER_CASE_CSV, REPORT_NAME))  # a killed re-run leaves no stale mix
         if args.validation_data is not None:
             cases, source = read_quiz_layout(args.validation_data), str(args.validation_data)
             evaluated = args.evaluated_split or args.validation_data.resolve().name

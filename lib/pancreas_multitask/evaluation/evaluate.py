@@ -3,7 +3,10 @@
 Matching is by case id. A ground-truth case without a predicted mask or CSV row is listed in
 ``missing_predictions``, a prediction without ground truth in ``unexpected_predictions``; both are
 printed, and the metrics use the cases that have what they need (Dice: both masks; classification:
-a true and a predicted subtype). Targets pass when the point estimate reaches the threshold.
+a true and a predicted subtype); no target passes then. A mask that is not on its ground truth's grid
+stops the evaluation, with every such file named. Targets pass when the point estimate reaches the
+threshold. An output folder holds one evaluation: a new one first removes the previous outputs, so an
+interrupted run leaves none rather than a mix of old and new.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..io import write_json, write_text
+from ..io import remove_stale_temporaries, write_json, write_text
 from ..runtime import progress
 from .ground_truth import FILE_ENDING, GroundTruthCase, case_id, read_names_csv
 from .metrics import classification_metrics, evaluate_case, macro_f1_ci, mean_ci
@@ -83,16 +86,23 @@ def match_cases(ground_truth: Sequence[GroundTruthCase], masks: dict[str, Path],
 
 def per_case_table(ground_truth: Sequence[GroundTruthCase], masks: dict[str, Path], rows: dict[str, pd.Series], prob_columns: Sequence[str]) -> pd.DataFrame:
     """One row per ground-truth case (``PER_CASE_COLUMNS``); absent predictions leave empty cells."""
-    records = []
+    records, mismatched = [], []
     for c in progress(ground_truth, "evaluate", unit="case"):
         pred_file, row = masks.get(c.case), rows.get(c.case)
-        dsc = evaluate_case(c.gt_file, pred_file) if pred_file is not None else {"dsc_pancreas": math.nan, "dsc_lesion": math.nan}
+        dsc = {"dsc_pancreas": math.nan, "dsc_lesion": math.nan}
+        if pred_file is not None:
+            try:
+                dsc = evaluate_case(c.gt_file, pred_file)
+            except ValueError as exc:  # another grid, or an unreadable file: all of them are named below
+                mismatched.append(str(exc))
         subtype_pred = int(row["Subtype"]) if row is not None else None
         prob = float(row[prob_columns[subtype_pred]]) if row is not None and subtype_pred < len(prob_columns) else math.nan
         records.append({
             "case": c.case, "mask_file": c.mask_file, "image_file": str(c.image_file or ""), "gt_file": str(c.gt_file),
             "pred_file": str(pred_file or ""), "subtype_true": c.subtype, "subtype_pred": subtype_pred, "prob_pred": prob, **dsc,
         })
+    if mismatched:
+        raise ValueError(f"{len(mismatched)} predicted mask(s) cannot be scored against their ground truth:\n" + "\n".join(mismatched))
     frame = pd.DataFrame.from_records(records, columns=PER_CASE_COLUMNS)
     frame["subtype_pred"] = frame["subtype_pred"].astype("Int64")
     return frame
@@ -178,6 +188,8 @@ def evaluate_folder(
     prediction_folder, prediction_csv = Path(prediction_folder), Path(prediction_csv)
     if not ground_truth:
         raise ValueError("no ground-truth cases to evaluate")
+    if output_folder is not None:
+        clear_outputs(output_folder)
     masks = predicted_masks(prediction_folder)
     frame = read_names_csv(prediction_csv)
     names = _class_names(frame, ground_truth, class_names)
@@ -231,6 +243,15 @@ def compare_postprocessing(per_case: pd.DataFrame, ground_truth: Sequence[Ground
         **{key: {"without": segmentation_summary(per_case[f"{key}{NO_PP_SUFFIX}"], resamples, seed), "with": segmentation_summary(per_case[key], resamples, seed)} for key in DSC_KEYS},
     }
     return per_case, summary
+
+
+def clear_outputs(output_folder: str | os.PathLike[str], names: Sequence[str] = (METRICS_JSON, PER_CASE_CSV)) -> None:
+    """Remove a previous evaluation's ``names`` and the unfinished temporaries of a killed one from ``output_folder``."""
+    folder = Path(output_folder)
+    if folder.is_dir():
+        remove_stale_temporaries(folder, older_than_s=0)  # the folder is one evaluation's: nothing else writes there
+        for name in names:
+            (folder / name).unlink(missing_ok=True)
 
 
 def write_outputs(result: EvaluationResult, output_folder: str | os.PathLike[str]) -> tuple[Path, Path]:
