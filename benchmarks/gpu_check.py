@@ -28,14 +28,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def _link_subset(real_ct: Path, target: Path, per_split: dict[str, int], file_ending: str) -> Path:
+def _link_subset(real_ct: Path, target: Path, per_split: dict[str, int], manifest) -> Path:
     """A quiz-layout folder of symbolic links to the first N cases of each split (the dry run's data)."""
-    from pancreas_multitask.inference.predictor import split_cases
+    from pancreas_multitask.dataset.scan import layout_files
 
+    files = sorted(layout_files(real_ct, manifest))
     for split, count in per_split.items():
-        for case, image in split_cases(real_ct, split, file_ending)[:count]:
-            for source in (image, image.with_name(f"{case}{file_ending}")):
-                if source.is_file():
+        for _, _, _, image, mask in [f for f in files if f[1] == split][:count]:
+            for source in (image, mask):
+                if source is not None:
                     link = target / source.relative_to(real_ct)
                     link.parent.mkdir(parents=True, exist_ok=True)
                     link.symlink_to(source.resolve())
@@ -61,19 +62,20 @@ def main(argv: list[str] | None = None) -> None:
 
     import tempfile
 
-    from pancreas_multitask.experiment_planning.plans import CPU_PLANS, RESENC_M, ReducedPlan
+    from pancreas_multitask.experiment_planning.plans import CPU_PLANS, RESENC_M
     from pancreas_multitask.experiment_planning.prepare import prepare
+    from pancreas_multitask.workspace import Workspace
     from pancreas_multitask.manifest import ProfilePaths, load_manifest
     from pancreas_multitask.profiles import load_parameters
-    from pancreas_multitask.runtime import configure_nnunet, git_revision, library_versions
-    from pancreas_multitask.training.settings import settings_from_parameters
+    from pancreas_multitask.runtime import configure_nnunet, configured_nnunet, git_revision, library_versions
+    from pancreas_multitask.model.settings import settings_from_parameters
 
     started = time.perf_counter()
     manifest = load_manifest(REPO / "data_manifest.yaml")
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     raw = args.real_ct
     if args.dry_run:
-        raw = _link_subset(args.real_ct, work / "raw", {"train": 3, "validation": 1, "test": 1}, manifest.file_ending)
+        raw = _link_subset(args.real_ct, work / "raw", {"train": 3, "validation": 1, "test": 1}, manifest)
     paths = ProfilePaths(raw=raw, work=work / "work", test_answers=None)
     configure_nnunet(paths, args.device)
     if args.device == "cpu":
@@ -85,10 +87,10 @@ def main(argv: list[str] | None = None) -> None:
               "git_revision": git_revision(REPO), "date": time.strftime("%Y-%m-%d %H:%M"), "versions": library_versions()}
 
     # (a) ResEncM planning and preprocessing of the real CT, as the local and colab profiles run it
-    reduced = ReducedPlan(patch_size=(16, 32, 32), max_features=32, spacing=(4.0, 3.0, 3.0)) if args.dry_run else None
+    reduced = {"patch_size": [16, 32, 32], "max_features": 32, "spacing": [4.0, 3.0, 3.0]} if args.dry_run else None
     plans = CPU_PLANS if args.dry_run else RESENC_M
     start = time.perf_counter()
-    _, preprocessing, _ = prepare(manifest, paths, plans, num_processes=min(8, os.cpu_count() or 1), reduced=reduced)
+    prepare(Workspace(manifest, paths, plans), {"cpu_plan": reduced, "num_processes": min(8, os.cpu_count() or 1)})
     pre = paths.nnunet_preprocessed / manifest.dataset_name
     import json
 
@@ -105,17 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_parameters(params, len(manifest.subtypes))
     speed_settings = replace(settings, num_epochs=2 if args.dry_run else 3, iterations_per_epoch=3 if args.dry_run else 50,
                              val_iterations_per_epoch=2 if args.dry_run else 10, case_val_every=1, patience=100, save_every=1000)
-    results = os.environ["nnUNet_results"]
-    os.environ["nnUNet_results"] = str(work / "train_speed_results")  # the timed trainers' checkpoints stay out of the model folder
-    try:
+    with configured_nnunet(replace(paths, results=work / "train_speed_results"), args.device):  # the timed trainers' checkpoints stay out of the model folder
         speed = train_speed.measure(pre, plans, args.device, speed_settings, iterations=2 if args.dry_run else 10, blocks=2 if args.dry_run else 3,
                                     profile_epochs=settings.num_epochs)
-    finally:
-        os.environ["nnUNet_results"] = results
     _write(args.out, "b_train_speed", {**common, **speed})
 
     # (c) a short multitask training on the real training cases, then nnU-Net's full-volume validation
-    from pancreas_multitask.training.run import train
+    from pancreas_multitask.training.train import train
 
     iteration = speed["seconds_per_iteration"]["nnUNetTrainerMultitask"]
     all_in = speed["seconds_per_epoch"]["nnUNetTrainerMultitask"] / speed_settings.iterations_per_epoch  # per iteration, validation included
@@ -125,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                              case_val_every=max(1, epochs // 4), patience=epochs + 1, save_every=epochs,
                              initial_lr=1e-3 if not args.dry_run else settings.initial_lr)  # a few hundred iterations, not 125 000
     start = time.perf_counter()
-    result = train(manifest, paths, plans, train_settings, fold=0, device=args.device)
+    result = train(Workspace(manifest, paths, plans), train_settings, device=args.device)
     _write(args.out, "c_training", {**common, "epochs": epochs, "iterations_per_epoch": iterations, "seconds_per_iteration": iteration,
                                     "settings": train_settings.to_dict(), "seconds": time.perf_counter() - start,
                                     "validation_cases": len(json.loads(result.final_validation.read_text())["metric_per_case"]),

@@ -64,7 +64,7 @@ case $STAGE in
     unpack 3
     export PYTHONPATH="$ROOT/site:$PWD/lib" PYTHONUNBUFFERED=1
     python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import nnunetv2, SimpleITK, nibabel, blosc2, psutil, gpu_check, train_speed, inference_speed
-import pancreas_multitask.profiles, pancreas_multitask.experiment_planning.prepare, pancreas_multitask.training.run, pancreas_multitask.inference.predictor, pancreas_multitask.evaluation.metrics" \
+import pancreas_multitask.profiles, pancreas_multitask.experiment_planning.prepare, pancreas_multitask.training.train, pancreas_multitask.inference.predictor, pancreas_multitask.evaluation.metrics" \
       || { echo "gpu_check: the carried packages do not import (did the machine go cold between calls? start again at call 1)" >&2; exit 3; }
     python3 benchmarks/gpu_check.py --device cuda --real-ct "$ROOT/real_ct" --out "${OUT:-benchmarks/results/gpu_check}" 2>&1 | tee "${OUT:-/tmp}/gpu_check.log"
     ;;

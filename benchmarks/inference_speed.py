@@ -30,7 +30,7 @@ import numpy as np
 
 from pancreas_multitask import runtime
 from pancreas_multitask.io import write_json, write_text
-from pancreas_multitask.manifest import load_manifest
+from pancreas_multitask.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "nnunet_defaults"
@@ -183,13 +183,10 @@ def run(model_folder: Path, cases: list[tuple[str, Path]], truth: dict[str, Path
     return {"rows": table, "cases": len(cases), "labelled_cases": len(truth)}
 
 
-def folder_cases(raw: Path, splits: list[str], file_ending: str) -> tuple[list[tuple[str, Path]], dict[str, Path]]:
-    """The raw images of ``splits`` (quiz layout) and the masks beside those that have one."""
-    from pancreas_multitask.inference.predictor import split_cases
-
-    cases = [case for split in splits for case in split_cases(raw, split, file_ending)]
-    truth = {case: image.with_name(f"{case}{file_ending}") for case, image in cases if image.with_name(f"{case}{file_ending}").is_file()}
-    return cases, truth
+def folder_cases(workspace, splits: list[str]) -> tuple[list[tuple[str, Path]], dict[str, Path]]:
+    """The raw images of ``splits`` as the prepare stage recorded them, and the masks of those that have one."""
+    cases = [case for split in splits for case in workspace.cases(split)]
+    return [(c.case_id, c.image) for c in cases], {c.case_id: c.mask for c in cases if c.mask is not None}
 
 
 def _dice_pair(values: dict[str, float | None]) -> str:
@@ -245,16 +242,13 @@ def main(argv: list[str] | None = None) -> None:
 
     import tempfile
 
-    manifest = load_manifest(args.manifest)
-    paths = manifest.paths(args.profile)
-    runtime.configure_nnunet(paths, args.device)  # before nnunetv2 is imported
+    workspace = Workspace.create(args.manifest, args.profile, {"plans": args.plans})
+    runtime.configure_nnunet(workspace.paths, args.device)  # before nnunetv2 is imported
     import torch
 
-    from pancreas_multitask.training.run import model_folder as trained_model_folder
-
     torch.manual_seed(0)
-    model = Path(args.model_folder) if args.model_folder else trained_model_folder(manifest, args.plans)
-    cases, truth = folder_cases(paths.raw, args.splits, manifest.file_ending)
+    model = Path(args.model_folder) if args.model_folder else workspace.model
+    cases, truth = folder_cases(workspace, args.splits)
     if args.cases:
         cases = cases[: args.cases]
         truth = {c: truth[c] for c, _ in cases if c in truth}

@@ -28,6 +28,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,29 +95,27 @@ def main(argv: list[str] | None = None) -> None:
 
     params = yaml.safe_load((REPO / "notebooks" / "params" / f"{args.profile}.yaml").read_text())
     manifest = load_manifest(REPO / "data_manifest.yaml")
-    paths = manifest.paths(args.profile)
+    results_root = manifest.paths(args.profile).work / "benchmark_real_ct"  # the profile's own model stays untouched
+    paths = replace(manifest.paths(args.profile), results=results_root)
     device = detect_device(args.device)
     configure_nnunet(paths, device)
-    results_root = paths.work / "benchmark_real_ct"
-    os.environ["nnUNet_results"] = str(results_root)  # before nnunetv2 is imported: the profile's own model stays untouched
 
     import numpy as np
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from pancreas_multitask.evaluation.metrics import bootstrap_ci, mean_ci
-    from pancreas_multitask.experiment_planning.plans import CPU_PLANS, ReducedPlan
     from pancreas_multitask.experiment_planning.prepare import prepare
+    from pancreas_multitask.workspace import Workspace
     from pancreas_multitask.io import write_json, write_text
-    from pancreas_multitask.training.run import build_trainer, seed_everything
+    from pancreas_multitask.training.train import build_trainer, seed_everything
     from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
-    from pancreas_multitask.training.settings import settings_from_parameters
+    from pancreas_multitask.model.settings import settings_from_parameters
     from pancreas_multitask.training.trainers.nnUNetTrainerMultitask import nnUNetTrainerMultitask
 
     plans = params["plans"]
-    reduced = ReducedPlan.from_dict(params["cpu_plan"]) if plans == CPU_PLANS else None
-    prepare(manifest, paths, plans, params.get("split_mode", "given"), reduced=reduced)
+    prepare(Workspace(manifest, paths, plans), params)
     pre = paths.nnunet_preprocessed / manifest.dataset_name
     budget = {"epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations_per_epoch": args.val_iterations,
               "patience": args.epochs + 1, "save_every": args.epochs + 1}

@@ -33,7 +33,7 @@ TRAINERS = ("nnUNetTrainer", "nnUNetTrainerMultitask")
 def _trainers(pre: Path, plans: str, device: str, settings, patch_size=None, batch_size=None) -> dict[str, Any]:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from pancreas_multitask.training.run import build_trainer
+    from pancreas_multitask.training.train import build_trainer
     from pancreas_multitask.training.trainers.nnUNetTrainerMultitask import nnUNetTrainerMultitask
 
     trainers = {}
@@ -177,14 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     from pancreas_multitask.manifest import load_manifest
     from pancreas_multitask.profiles import load_parameters
     from pancreas_multitask.runtime import configure_nnunet, detect_device, git_revision, library_versions
-    from pancreas_multitask.training.settings import settings_from_parameters
+    from pancreas_multitask.model.settings import settings_from_parameters
 
     manifest = load_manifest(REPO / "data_manifest.yaml")
-    paths = manifest.paths(args.profile)
+    paths = replace(manifest.paths(args.profile), results=Path(tempfile.mkdtemp(prefix="train_speed_")))  # keep the real results folder clean
     params = load_parameters(REPO / "notebooks" / "params", args.profile)
     device = detect_device(args.device)
     configure_nnunet(paths, device)
-    os.environ["nnUNet_results"] = tempfile.mkdtemp(prefix="train_speed_")  # keep the real results folder clean
     os.environ["nnUNet_compile"] = "f"  # the multitask trainer does not compile by default; compare like with like
     import torch
 

@@ -13,12 +13,14 @@ import yaml
 
 from pancreas_multitask.dataset.phantom import PhantomConfig, ensure_phantom
 from pancreas_multitask.manifest import Manifest, ProfilePaths, load_manifest
+from pancreas_multitask.profiles import load_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 # nnU-Net reads these when its modules are imported; tests that run nnU-Net set the folders themselves
 os.environ.setdefault("nnUNet_def_n_proc", "2")
 os.environ.setdefault("nnUNet_n_proc_DA", "1")
 os.environ.setdefault("nnUNet_compile", "f")
+MANIFEST = load_manifest(REPO / "data_manifest.yaml")
 TINY = PhantomConfig(train=(2, 2, 2), validation=(1, 1, 1), test=2, shape=(16, 28, 32), spacing=(3.0, 2.0, 2.0), seed=7)
 
 
@@ -29,7 +31,7 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def manifest() -> Manifest:
-    return load_manifest(REPO / "data_manifest.yaml")
+    return MANIFEST
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +75,7 @@ def write_manifest(tmp_path: Path, **profiles: dict[str, str]) -> Path:
     return path
 
 
-SMOKE = yaml.safe_load((REPO / "notebooks" / "params" / "smoke.yaml").read_text())
+SMOKE = load_parameters(REPO / "notebooks" / "params", "smoke")
 
 
 def fake_repo(tmp_path: Path, notebooks: tuple[str, ...] = ("00_setup.ipynb",), extra_cells: dict[str, str] | None = None) -> Path:
@@ -94,12 +96,13 @@ def fake_repo(tmp_path: Path, notebooks: tuple[str, ...] = ("00_setup.ipynb",), 
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_phantom: Path, manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> ProfilePaths:
     """The tiny phantom converted, planned (reduced CPU plans) and preprocessed, with fold-0 splits."""
-    from pancreas_multitask.experiment_planning.plans import CPU_PLANS, ReducedPlan
+    from pancreas_multitask.experiment_planning.plans import CPU_PLANS
+    from pancreas_multitask.workspace import Workspace
     from pancreas_multitask.experiment_planning.prepare import prepare
     from pancreas_multitask.runtime import configure_nnunet
 
     paths = ProfilePaths(raw=tiny_phantom / "quiz", work=tmp_path_factory.mktemp("tiny_work"), test_answers=tiny_phantom / "test_answers")
     configure_nnunet(paths, "cpu")
     os.environ["nnUNet_n_proc_DA"] = "1"  # configure_nnunet sizes it to the cores; one worker is enough here
-    prepare(manifest, paths, CPU_PLANS, reduced=ReducedPlan(patch_size=(16, 32, 32), max_features=32), num_processes=2)
+    prepare(Workspace(manifest, paths, CPU_PLANS), {"cpu_plan": {"patch_size": [16, 32, 32], "max_features": 32}, "num_processes": 2})
     return paths

@@ -11,8 +11,8 @@ from types import ModuleType
 from typing import Sequence
 
 import pytest
-import yaml
 
+from pancreas_multitask.profiles import load_parameters
 from pancreas_multitask import colab, runtime
 
 from conftest import REPO
@@ -180,7 +180,7 @@ def test_imported_versions_lists_loaded_distributions() -> None:
 
 
 def test_colab_profile_is_the_full_gpu_recipe_and_resumes() -> None:
-    params = yaml.safe_load((REPO / "notebooks" / "params" / "colab.yaml").read_text())
+    params = load_parameters(REPO / "notebooks" / "params", "colab")
     assert params["plans"] == "nnUNetResEncUNetMPlans"
     assert (params["epochs"], params["iterations_per_epoch"], params["patience"]) == (500, 250, 100)
     assert params["resume"] is True

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from conftest import snapshot
+from conftest import MANIFEST, snapshot
 from pancreas_multitask.evaluation.evaluate import PER_CASE_COLUMNS, evaluate_folder, worst_first
-from pancreas_multitask.evaluation.ground_truth import read_answer_key, read_quiz_layout
+from pancreas_multitask.dataset.ground_truth import read_answer_key, read_quiz_layout
 from pancreas_multitask.evaluation.metrics import (
     bootstrap_ci, classification_metrics, dice, evaluate_case, macro_f1_batch, macro_f1_ci, mean_ci, region_dices,
 )
@@ -195,16 +195,16 @@ def make_quiz(root: Path) -> dict[str, Path]:
 
 def test_quiz_layout_gives_masks_classes_and_images(tmp_path: Path) -> None:
     quiz = make_quiz(tmp_path)
-    cases = read_quiz_layout(quiz["gt"])
+    cases = read_quiz_layout(quiz["gt"], MANIFEST)
     assert [(c.case, c.mask_file, c.subtype) for c in cases] == [
         ("quiz_0_001", "quiz_0_001.nii.gz", 0), ("quiz_0_002", "quiz_0_002.nii.gz", 0),
         ("quiz_1_003", "quiz_1_003.nii.gz", 1), ("quiz_1_004", "quiz_1_004.nii.gz", 1),
     ]
     assert cases[0].image_file == quiz["gt"] / "subtype0" / "quiz_0_001_0000.nii.gz" and cases[3].image_file is None
-    with pytest.raises(ValueError, match="no masks in subtypeK"):
-        read_quiz_layout(quiz["pred"])
+    with pytest.raises(ValueError, match="expected subtype folders"):  # the scan's own message, naming the file
+        read_quiz_layout(quiz["pred"], MANIFEST)
     with pytest.raises(FileNotFoundError, match="not found"):
-        read_quiz_layout(tmp_path / "nowhere")
+        read_quiz_layout(tmp_path / "nowhere", MANIFEST)
 
 
 def test_answer_key_of_the_phantom(tiny_phantom: Path, tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_missing_and_unexpected_cases_are_listed(tmp_path: Path, capsys: pytest.
     (quiz["pred"] / "quiz_0_002.nii.gz").unlink()
     save(quiz["pred"] / "quiz_2_999.nii.gz", reference_labels(), dtype=np.uint8)
     write_csv(quiz["csv"], [("quiz_0_001.nii.gz", 0, (1, 0, 0)), ("quiz_0_002.nii.gz", 0, (1, 0, 0)), ("quiz_1_004.nii.gz", 1, (0, 1, 0)), ("quiz_2_777.nii.gz", 2, (0, 0, 1))])
-    result = evaluate_folder(read_quiz_layout(quiz["gt"]), quiz["pred"], quiz["csv"], resamples=200)
+    result = evaluate_folder(read_quiz_layout(quiz["gt"], MANIFEST), quiz["pred"], quiz["csv"], resamples=200)
     summary = result.summary
     assert [(m["case"], m["kind"]) for m in summary["missing_predictions"]] == [("quiz_0_002", "mask"), ("quiz_1_003", "csv_row")]
     assert summary["missing_predictions"][0]["file"] == str(quiz["pred"] / "quiz_0_002.nii.gz")
@@ -254,7 +254,7 @@ def test_per_case_dsc_equals_nnunet_evaluator(tiny_phantom: Path, tmp_path: Path
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     # realistic files: the phantom's float masks (1.0000152587890625, LPS/RAS/LAS, anisotropic spacing)
-    cases = read_quiz_layout(tiny_phantom / "quiz" / "train") + read_quiz_layout(tiny_phantom / "quiz" / "validation")
+    cases = read_quiz_layout(tiny_phantom / "quiz" / "train", MANIFEST) + read_quiz_layout(tiny_phantom / "quiz" / "validation", MANIFEST)
     pred_dir, rounded_dir = tmp_path / "pred", tmp_path / "rounded"
     rows = []
     for i, case in enumerate(cases):
@@ -271,7 +271,7 @@ def test_per_case_dsc_equals_nnunet_evaluator(tiny_phantom: Path, tmp_path: Path
         save(rounded_dir / f"{name}.nii.gz", no_lesion, dtype=np.uint8)
         save(pred_dir / f"{name}.nii.gz", predicted, dtype=np.uint8)
         rows.append((f"{name}.nii.gz", 0, (1 / 3, 1 / 3, 1 / 3)))
-    cases += read_quiz_layout(tmp_path / "extra")
+    cases += read_quiz_layout(tmp_path / "extra", MANIFEST)
     result = evaluate_folder(cases, pred_dir, write_csv(tmp_path / "subtypes.csv", rows), resamples=100)
 
     compared_nan = 0
@@ -291,7 +291,7 @@ def test_per_case_dsc_equals_nnunet_evaluator(tiny_phantom: Path, tmp_path: Path
 
 
 def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pancreas_multitask.evaluate", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "pancreas_multitask.evaluation", *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def test_cli_on_a_quiz_layout_folder(tmp_path: Path) -> None:
@@ -337,7 +337,7 @@ def test_every_mismatched_mask_is_named_and_none_is_dropped_from_a_mean(tmp_path
     save(quiz["pred"] / "quiz_0_001.nii.gz", reference_labels()[:, :, :-1], dtype=np.uint8)  # another shape
     save(quiz["pred"] / "quiz_1_003.nii.gz", reference_labels(), affine=np.diag([1.5, 1.0, 3.0, 1.0]), dtype=np.uint8)  # another spacing
     with pytest.raises(ValueError) as error:
-        evaluate_folder(read_quiz_layout(quiz["gt"]), quiz["pred"], quiz["csv"], tmp_path / "out")
+        evaluate_folder(read_quiz_layout(quiz["gt"], MANIFEST), quiz["pred"], quiz["csv"], tmp_path / "out")
     message = str(error.value)
     assert message.startswith("2 predicted mask(s) cannot be scored")
     assert str(quiz["pred"] / "quiz_0_001.nii.gz") in message and str(quiz["pred"] / "quiz_1_003.nii.gz") in message
@@ -346,7 +346,7 @@ def test_every_mismatched_mask_is_named_and_none_is_dropped_from_a_mean(tmp_path
 
 KILLED_EVALUATION = """
 import os, signal, sys
-from pancreas_multitask import evaluate
+from pancreas_multitask.evaluation.__main__ import main
 
 replace = os.replace
 
@@ -357,7 +357,7 @@ def replace_or_die(source, target):
 
 if __name__ == "__main__":
     os.replace = replace_or_die
-    sys.exit(evaluate.main(sys.argv[2:]))
+    sys.exit(main(sys.argv[2:]))
 """
 
 
@@ -387,7 +387,7 @@ def test_evaluation_killed_while_writing_leaves_no_partial_or_stale_output(tmp_p
 
 
 def test_cli_with_the_phantom_answer_key_folder(tiny_phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pancreas_multitask.evaluate import main
+    from pancreas_multitask.evaluation.__main__ import main
 
     answers = tiny_phantom / "test_answers"
     key = pd.read_csv(answers / "subtype_labels.csv")

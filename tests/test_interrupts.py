@@ -78,13 +78,14 @@ import sys
 from pathlib import Path
 from pancreas_multitask.experiment_planning.plans import CPU_PLANS
 from pancreas_multitask.manifest import ProfilePaths, load_manifest
-from pancreas_multitask.training.run import train
-from pancreas_multitask.training.settings import MultitaskSettings
+from pancreas_multitask.model.settings import MultitaskSettings
+from pancreas_multitask.training.train import train
+from pancreas_multitask.workspace import Workspace
 
 if __name__ == "__main__":
-    paths = ProfilePaths(raw=Path(sys.argv[1]), work=Path(sys.argv[2]), test_answers=None)
+    paths = ProfilePaths(raw=Path(sys.argv[1]), work=Path(sys.argv[2]), test_answers=None, results=Path(sys.argv[4]))
     settings = MultitaskSettings(num_epochs=6, save_every=1, iterations_per_epoch=2, val_iterations_per_epoch=1, case_val_every=2, initial_lr=1e-3)
-    result = train(load_manifest(Path(sys.argv[3])), paths, CPU_PLANS, settings, fold=0, device="cpu", resume=True, final_validation=False)
+    result = train(Workspace(load_manifest(Path(sys.argv[3])), paths, CPU_PLANS), settings, device="cpu", resume=True, final_validation=False)
     print("trained:", result.stop_reason, flush=True)
 """
 
@@ -95,7 +96,7 @@ def test_training_killed_mid_epoch_resumes_from_checkpoint_latest(tiny_prepared,
     script.write_text(TRAIN)
     results = tmp_path / "results"
     env = {**os.environ, **nnunet_environment(tiny_prepared, "cpu"), "nnUNet_results": str(results), "nnUNet_n_proc_DA": "0"}
-    command = [sys.executable, str(script), str(tiny_prepared.raw), str(tiny_prepared.work), str(REPO / "data_manifest.yaml")]
+    command = [sys.executable, str(script), str(tiny_prepared.raw), str(tiny_prepared.work), str(REPO / "data_manifest.yaml"), str(results)]
     fold = results / "Dataset501_PancreasQuiz" / "nnUNetTrainerMultitask__nnUNetResEncUNetMPlans_cpu__3d_fullres" / "fold_0"
     metrics = fold / "training_metrics.csv"
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -123,8 +124,9 @@ def test_training_killed_mid_epoch_resumes_from_checkpoint_latest(tiny_prepared,
 PREPARE = """
 import os, sys
 from pathlib import Path
-from pancreas_multitask.experiment_planning.plans import CPU_PLANS, ReducedPlan
+from pancreas_multitask.experiment_planning.plans import CPU_PLANS
 from pancreas_multitask.experiment_planning.prepare import prepare
+from pancreas_multitask.workspace import Workspace
 from pancreas_multitask.manifest import ProfilePaths, load_manifest
 from pancreas_multitask.runtime import nnunet_environment
 
@@ -132,7 +134,7 @@ if __name__ == "__main__":
     raw, work, manifest = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     paths = ProfilePaths(raw=raw, work=work, test_answers=None)
     os.environ.update(nnunet_environment(paths, "cpu"))
-    prepare(load_manifest(manifest), paths, CPU_PLANS, num_processes=1, reduced=ReducedPlan(patch_size=(16, 32, 32), max_features=32))
+    prepare(Workspace(load_manifest(manifest), paths, CPU_PLANS), {"cpu_plan": {"patch_size": [16, 32, 32], "max_features": 32}, "num_processes": 1})
     print("prepared", flush=True)
 """
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pandas as pd
 
 from pancreas_multitask.dataset.phantom import PhantomConfig, ensure_phantom
-from pancreas_multitask.experiment_planning.plans import CPU_PLANS, ReducedPlan
+from pancreas_multitask.experiment_planning.plans import CPU_PLANS
 from pancreas_multitask.experiment_planning.prepare import prepare
+from pancreas_multitask.workspace import Workspace
 from pancreas_multitask.manifest import ProfilePaths
 from pancreas_multitask.runtime import nnunet_environment
-from pancreas_multitask.training.run import train
-from pancreas_multitask.training.settings import HeadConfig, LossSchedule, MultitaskSettings
+from pancreas_multitask.training.train import train
+from pancreas_multitask.model.settings import HeadConfig, LossSchedule, MultitaskSettings
 
 # subtypes at well-separated contrasts: this checks that the machinery learns a strong signal in minutes,
 # not how hard the calibrated phantom is (the demo measures that, README)
@@ -26,7 +27,7 @@ def test_short_training_learns(manifest, tmp_path: Path, monkeypatch) -> None:
     paths = ProfilePaths(raw=root / "quiz", work=tmp_path / "work", test_answers=root / "answers")
     for key, value in nnunet_environment(paths, "cpu").items():  # monkeypatch restores what other tests set
         monkeypatch.setenv(key, value)
-    prepare(manifest, paths, CPU_PLANS, reduced=ReducedPlan(patch_size=(16, 32, 32), max_features=32), num_processes=2)
+    prepare(Workspace(manifest, paths, CPU_PLANS), {"cpu_plan": {"patch_size": [16, 32, 32], "max_features": 32}, "num_processes": 2})
     # after planning (nnU-Net sizes its thread pool from this): augmentation in this process, seeded by the trainer,
     # so the run is the same on every machine instead of depending on worker scheduling
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
@@ -34,7 +35,7 @@ def test_short_training_learns(manifest, tmp_path: Path, monkeypatch) -> None:
         num_epochs=36, iterations_per_epoch=8, val_iterations_per_epoch=2, initial_lr=2e-3, head_lr_factor=2.0, cls_patches_showing_structure=False,
         case_val_every=3, patience=100, schedule=LossSchedule(phase1_epochs=5, ramp_epochs=10), head=HeadConfig(pooling="lesion", dropout=0.0),
     )
-    result = train(manifest, paths, CPU_PLANS, settings, fold=0, device="cpu", final_validation=False)
+    result = train(Workspace(manifest, paths, CPU_PLANS), settings, device="cpu", final_validation=False)
     frame = pd.read_csv(result.metrics_file)
     first, last = frame.head(3), frame.tail(10)
     assert last["train_seg_losses"].mean() < first["train_seg_losses"].mean() - 0.2  # Dice+BCE starts near 0.6

@@ -10,6 +10,7 @@ import papermill as pm
 import pytest
 import yaml
 
+from pancreas_multitask.profiles import load_parameters
 from pancreas_multitask.runner import discover_notebooks
 
 from conftest import REPO
@@ -47,7 +48,7 @@ def test_no_stored_outputs(path: Path) -> None:
 @pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "notebooks" / "params").glob("*.yaml")))
 def test_profile_keys_are_declared_by_a_notebook(profile: str) -> None:
     declared = set().union(*(pm.inspect_notebook(str(p)) for p in NOTEBOOKS))
-    keys = set(yaml.safe_load((REPO / "notebooks" / "params" / f"{profile}.yaml").read_text()))
+    keys = set(load_parameters(REPO / "notebooks" / "params", profile)) - {"profile"}
     assert keys <= declared, f"{profile}.yaml sets parameters no notebook declares: {sorted(keys - declared)}"
 
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -17,28 +18,25 @@ import torch
 
 from pancreas_multitask.experiment_planning.plans import CPU_PLANS
 from pancreas_multitask.evaluation.metrics import dice, evaluate_case
-from pancreas_multitask.inference.model_sharing import export_model, install_model
+from pancreas_multitask.inference.model_sharing import PROJECT_FILES, export_model, install_model
+from pancreas_multitask.manifest import ProfilePaths
 from pancreas_multitask.inference.predictor import CSV_NAME, MODES, UNPROCESSED, InferenceMode, MultitaskPredictor, case_records, input_cases, make_predictor, predict_cases
-from pancreas_multitask.training.run import train
-from pancreas_multitask.training.settings import HeadConfig, MultitaskSettings
+from pancreas_multitask.runtime import configured_nnunet
+from pancreas_multitask.training.train import train
+from pancreas_multitask.workspace import Workspace
+from pancreas_multitask.model.settings import HeadConfig, MultitaskSettings
 
 from conftest import snapshot
 
 
 @pytest.fixture(scope="module")
 def model(tiny_prepared, manifest, tmp_path_factory) -> Path:
-    import os
-
-    results = tmp_path_factory.mktemp("predictor_results")
-    previous = os.environ["nnUNet_results"]
-    os.environ["nnUNet_results"] = str(results)
-    try:
-        settings = MultitaskSettings(
-            num_epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, head=HeadConfig(pooling="lesion"), final_validation_mirroring=False
-        )
-        result = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu")  # with nnU-Net's final validation, which an export needs
-    finally:
-        os.environ["nnUNet_results"] = previous
+    paths = replace(tiny_prepared, results=tmp_path_factory.mktemp("predictor_results"))
+    settings = MultitaskSettings(
+        num_epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, head=HeadConfig(pooling="lesion"), final_validation_mirroring=False
+    )
+    with configured_nnunet(paths, "cpu"):
+        result = train(Workspace(manifest, paths, CPU_PLANS), settings, device="cpu")  # with nnU-Net's final validation, which an export needs
     return result.output_folder.parent
 
 
@@ -256,7 +254,7 @@ def test_tile_batching_changes_nothing_but_speed(model, real_case_dir: Path) -> 
 
 def test_fast_keeps_the_rule_and_equals_accurate(model, tiny_phantom: Path, tmp_path: Path) -> None:
     """The quiz's speed rule: same step, all mirroring passes; masks within Dice 0.999 and the same subtype."""
-    from pancreas_multitask.inference.predict import MODE_NAMES
+    from pancreas_multitask.inference.__main__ import MODE_NAMES
 
     assert MODES["accurate"].rule_compliant and MODES["fast"].rule_compliant and not MODES["fastest"].rule_compliant
     assert set(MODE_NAMES) == set(MODES)  # the CLI offers every mode
@@ -335,6 +333,13 @@ def test_exported_zip_predicts_the_same(model, tiny_phantom: Path, tmp_path: Pat
     inner = f"{model.parent.name}/{model.name}"
     assert {f"{inner}/plans.json", f"{inner}/dataset.json", f"{inner}/fold_0/checkpoint_best.pth", f"{inner}/fold_0/multitask_settings.json",
             f"{inner}/fold_0/postprocessing.pkl", f"{inner}/fold_0/postprocessing.json"} <= names  # nnU-Net's postprocessing travels with the model
+    from nnunetv2.model_sharing.model_export import export_pretrained_model
+
+    with configured_nnunet(replace(ProfilePaths(raw=tmp_path, work=tmp_path, test_answers=None), results=model.parent.parent), "cpu"):
+        trainer, plans, configuration = model.name.split("__")
+        export_pretrained_model(model.parent.name, str(tmp_path / "nnunet.zip"), (configuration,), trainer, plans, (0,), save_checkpoints=("checkpoint_best.pth",))
+    theirs = set(zipfile.ZipFile(tmp_path / "nnunet.zip").namelist())
+    assert theirs <= names and {n.rsplit("/", 1)[1] for n in names - theirs} <= set(PROJECT_FILES)  # nnU-Net's layout, plus the project's files
     installed = install_model(zip_file, tmp_path / "results")
     assert installed == tmp_path / "results" / inner
     mtime = (installed / "plans.json").stat().st_mtime_ns
@@ -405,7 +410,7 @@ def test_cli_predicts_a_folder_from_a_zip_and_fails_on_bad_input(model, tiny_pha
     zip_file = export_model(model, tmp_path / "model.zip")
     folder = tmp_path / "in"
     shutil.copytree(tiny_phantom / "quiz" / "test", folder)
-    command = [sys.executable, "-m", "pancreas_multitask.inference.predict", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(zip_file), "-device", "cpu", "--models_dir", str(tmp_path / "models")]
+    command = [sys.executable, "-m", "pancreas_multitask.inference", "-i", str(folder), "-o", str(tmp_path / "out"), "-m", str(zip_file), "-device", "cpu", "--models_dir", str(tmp_path / "models")]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PANCREAS_HEADLESS": "1"})
     assert done.returncode == 0, done.stderr
     assert len(list(csv.DictReader((tmp_path / "out" / CSV_NAME).open()))) == len(input_cases(folder))
@@ -430,7 +435,7 @@ def test_inference_killed_hard_resumes_without_half_written_masks(model, tiny_ph
             shutil.copy(image, folder / f"{case_id}{i}_0000.nii.gz")
     before = snapshot(folder)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "pancreas_multitask.inference.predict", "-i", str(folder), "-o", str(out), "-m", str(model), "-device", "cpu", "--mode", "accurate"]
+    command = [sys.executable, "-m", "pancreas_multitask.inference", "-i", str(folder), "-o", str(out), "-m", str(model), "-device", "cpu", "--mode", "accurate"]
     env = {**os.environ, "PANCREAS_HEADLESS": "1"}
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 300

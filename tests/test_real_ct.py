@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 
 from pancreas_multitask.evaluation.evaluate import evaluate_folder
-from pancreas_multitask.evaluation.ground_truth import read_quiz_layout
-from pancreas_multitask.experiment_planning.plans import CPU_PLANS, ReducedPlan
+from pancreas_multitask.experiment_planning.plans import CPU_PLANS
 from pancreas_multitask.experiment_planning.prepare import prepare
+from pancreas_multitask.workspace import Workspace
 from pancreas_multitask.manifest import ProfilePaths
 from pancreas_multitask.postprocessing import PP_JSON, PP_PICKLE
 from pancreas_multitask.runtime import nnunet_environment
-from pancreas_multitask.training.run import train
-from pancreas_multitask.training.settings import HeadConfig, LossSchedule, MultitaskSettings
+from pancreas_multitask.training.train import train
+from pancreas_multitask.model.settings import HeadConfig, LossSchedule, MultitaskSettings
 
 from conftest import REPO, snapshot
 
@@ -59,28 +59,29 @@ def test_real_cases_train_predict_and_evaluate(real_quiz: Path, manifest, tmp_pa
     for key, value in nnunet_environment(paths, "cpu").items():  # monkeypatch restores what other tests set
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("nnUNet_n_proc_DA", "1")
-    reduced = ReducedPlan(patch_size=(16, 32, 32), max_features=32, spacing=(3.0, 2.0, 2.0))
-    _, preprocessing, _ = prepare(manifest, paths, CPU_PLANS, reduced=reduced, num_processes=2)
+    workspace = Workspace(manifest, paths, CPU_PLANS)
+    preprocessing = prepare(workspace, {"cpu_plan": {"patch_size": [16, 32, 32], "max_features": 32, "spacing": [3.0, 2.0, 2.0]}, "num_processes": 2}).preprocessing
     assert preprocessing.summary["spacing"] == [3.0, 2.0, 2.0] and preprocessing.summary["data_identifier"] == f"{CPU_PLANS}_3d_fullres"
 
     settings = MultitaskSettings(num_epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, initial_lr=1e-3, case_val_every=1,
                                  final_validation_mirroring=False, schedule=LossSchedule(phase1_epochs=1, ramp_epochs=1), head=HeadConfig(pooling="lesion"))
-    result = train(manifest, paths, CPU_PLANS, settings, fold=0, device="cpu")
+    result = train(workspace, settings, device="cpu")
     metrics = pd.read_csv(result.metrics_file)
     # one subtype only: no macro-F1 (NaN, not a flattering 1.0), and the criterion is the segmentation alone
     assert metrics["val_macro_f1"].isna().all()
     assert np.allclose(metrics["val_criterion"], metrics["ema_fg_dice"])
     assert (result.output_folder / PP_PICKLE).is_file() and result.postprocessing == result.output_folder / PP_JSON
 
-    from pancreas_multitask.inference.predictor import CSV_NAME, UNPROCESSED, make_predictor, predict_cases, split_cases
+    from pancreas_multitask.inference.predictor import CSV_NAME, UNPROCESSED, make_predictor, predict_cases
 
     predictor = make_predictor(result.output_folder.parent, "fast", "cpu")
     assert predictor.postprocessing_source == result.output_folder / PP_PICKLE
     for split in ("validation", "test"):
         out = tmp_path / "predictions" / split
-        report = predict_cases(predictor, split_cases(real_quiz, split), out)
+        (case,) = workspace.cases(split)
+        case_id, image = case.case_id, case.image
+        report = predict_cases(predictor, [(case_id, image)], out)
         assert len(report.predicted) == 1 and not report.failed
-        (case_id, image), = split_cases(real_quiz, split)
         source, mask = nib.load(str(image)), nib.load(str(out / f"{case_id}.nii.gz"))
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine, atol=1e-3)  # the input's own geometry
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
@@ -88,7 +89,7 @@ def test_real_cases_train_predict_and_evaluate(real_quiz: Path, manifest, tmp_pa
         assert len(pd.read_csv(out / CSV_NAME)) == 1
 
     validation = tmp_path / "predictions" / "validation"
-    evaluated = evaluate_folder(read_quiz_layout(real_quiz / "validation"), validation, validation / CSV_NAME, tmp_path / "eval", unprocessed_folder=validation / UNPROCESSED)
+    evaluated = evaluate_folder(workspace.ground_truth("validation")[0], validation, validation / CSV_NAME, tmp_path / "eval", unprocessed_folder=validation / UNPROCESSED)
     summary = evaluated.summary
     assert summary["classification"] is None and "one-class set" in summary["classification_not_assessable"]
     assert summary["targets"]["macro_f1"]["value"] is None and summary["targets"]["macro_f1"]["passed"] is None

@@ -20,8 +20,10 @@ import pandas as pd
 import pytest
 
 from pancreas_multitask.evaluation.evaluate import evaluate_folder
-from pancreas_multitask.evaluation.ground_truth import read_quiz_layout
+from pancreas_multitask.dataset.ground_truth import read_quiz_layout
 from pancreas_multitask.evaluation.report import TEMPLATE, TEMPLATES, collect_provenance, fmt, fmt_ci, write_report
+
+from conftest import MANIFEST
 
 DATA_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
 EXTERNAL = re.compile(r"https?:|//cdn|//www\.|\bwww\.|src=\"(?!data:image/png;base64,)|href=\"(?!#)|<link\b|<script\b|@import|url\(", re.IGNORECASE)
@@ -31,7 +33,7 @@ EXTERNAL = re.compile(r"https?:|//cdn|//www\.|\bwww\.|src=\"(?!data:image/png;ba
 def evaluated(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny phantom's validation split against predictions derived from it (one shifted, one without lesion, one misclassified)."""
     root = tmp_path_factory.mktemp("report")
-    cases = read_quiz_layout(tiny_phantom / "quiz" / "validation")
+    cases = read_quiz_layout(tiny_phantom / "quiz" / "validation", MANIFEST)
     (root / "pred").mkdir()
     lines = ["Names,Subtype,prob_subtype0,prob_subtype1,prob_subtype2"]
     for i, case in enumerate(cases):
@@ -126,7 +128,7 @@ def test_fmt_and_template_are_packaged(repo: Path) -> None:
 
 def test_one_class_set_shows_classification_as_not_assessable_and_postprocessing_before_after(tiny_phantom: Path, tmp_path: Path) -> None:
     """Only subtype-1 cases (like the real CT set, all subtype 2): no 'macro-F1 1.00, pass'; pp Dice both ways."""
-    cases = [c for c in read_quiz_layout(tiny_phantom / "quiz" / "validation") + read_quiz_layout(tiny_phantom / "quiz" / "train") if c.subtype == 1]
+    cases = [c for c in read_quiz_layout(tiny_phantom / "quiz" / "validation", MANIFEST) + read_quiz_layout(tiny_phantom / "quiz" / "train", MANIFEST) if c.subtype == 1]
     final, raw = tmp_path / "pred", tmp_path / "pred" / "no_postprocessing"
     raw.mkdir(parents=True)
     lines = ["Names,Subtype,prob_subtype0,prob_subtype1,prob_subtype2"]

@@ -94,7 +94,7 @@ def test_the_local_kernel_starts_without_the_tcp_warning(tmp_path: Path, capfd) 
     assert run(repo, "smoke") == 0
     captured = capfd.readouterr()
     assert "[00_hello] ok" in captured.out
-    assert "without encryption" not in captured.out + captured.err and "IPKernelApp" not in captured.err
+    assert "without encryption" not in captured.out + captured.err and "Kernel is running over TCP" not in captured.err
     (executed,) = (repo / "reports" / "runs").glob("*/00_hello.ipynb")
     assert "transport ipc" in executed.read_text()  # the kernel really talks over IPC
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -10,17 +11,21 @@ import pytest
 import torch
 
 from pancreas_multitask.experiment_planning.plans import CPU_PLANS
-from pancreas_multitask.training.run import METRICS_FILE, TRAINER_NAME, TRAINERS_FOLDER, build_trainer, train
+from pancreas_multitask.manifest import ProfilePaths
+from pancreas_multitask.training.train import METRICS_FILE, TRAINER_NAME, TRAINERS_FOLDER, build_trainer, train
+from pancreas_multitask.workspace import Workspace
 from pancreas_multitask.training.schedule import loss_weights
-from pancreas_multitask.training.settings import LossSchedule, MultitaskSettings
+from pancreas_multitask.model.settings import LossSchedule, MultitaskSettings
 
-TINY_RUN = dict(iterations_per_epoch=1, val_iterations_per_epoch=1, initial_lr=1e-3, case_val_every=1)
+TINY_RUN = dict(iterations_per_epoch=1, val_iterations_per_epoch=1, initial_lr=1e-3, case_val_every=1, deployed_check_cases=0)
 
 
 @pytest.fixture()
-def results(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))  # each test trains into its own results folder
-    return tmp_path
+def results(tiny_prepared, tmp_path: Path, monkeypatch) -> ProfilePaths:
+    """The tiny prepared dataset with a results folder of this test's own (nnU-Net's trainer reads it from nnUNet_results)."""
+    paths = replace(tiny_prepared, results=tmp_path)
+    monkeypatch.setenv("nnUNet_results", str(paths.nnunet_results))
+    return paths
 
 
 def _trainer(paths, manifest, settings: MultitaskSettings):
@@ -74,7 +79,7 @@ def test_resume_continues_epochs_and_schedule(tiny_prepared, manifest, results, 
     out = Path(trainer.output_folder)
     assert (out / "checkpoint_latest.pth").is_file() and not (out / "checkpoint_final.pth").exists()
 
-    result = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu", resume=True, final_validation=False)
+    result = train(Workspace(manifest, results, CPU_PLANS), settings, device="cpu", resume=True, final_validation=False)
     frame = pd.read_csv(result.metrics_file)
     assert frame["epoch"].tolist() == [0, 1, 2, 3]  # continued at epoch 2, nothing repeated
     assert frame["w_seg"].tolist() == pytest.approx([loss_weights(e, schedule)[0] for e in range(4)])
@@ -84,7 +89,7 @@ def test_resume_continues_epochs_and_schedule(tiny_prepared, manifest, results, 
 
     # a Colab session re-running the notebook (resume=True) after training finished does not train again
     capsys.readouterr()
-    again = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu", resume=True, final_validation=False)
+    again = train(Workspace(manifest, results, CPU_PLANS), settings, device="cpu", resume=True, final_validation=False)
     assert "already trained with these settings" in capsys.readouterr().out
     assert again.stop_reason == result.stop_reason and len(pd.read_csv(again.metrics_file)) == 4
 
@@ -113,6 +118,31 @@ def test_a_checkpoint_write_that_dies_keeps_the_previous_checkpoint(tiny_prepare
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".tmp.")]  # no half file left beside it
 
 
+def test_the_selected_checkpoint_is_scored_with_what_ships(tiny_prepared, manifest, results) -> None:
+    """Training's case-level pass is the deployed predictor (another step, no mirroring); at the end the selected
+    weights also go through the deployed mode, and those probabilities are what inference gives with the shipped model."""
+    import json
+
+    import numpy as np
+
+    from pancreas_multitask.inference.predictor import make_predictor
+    from pancreas_multitask.model.folders import AGREEMENT_FILE
+
+    settings = MultitaskSettings(num_epochs=2, **{**TINY_RUN, "deployed_check_cases": -1, "deployed_mode": "fast"})
+    trainer = _trainer(results, manifest, settings)
+    trainer.run_training()
+    out = Path(trainer.output_folder)
+    record = json.loads((out / AGREEMENT_FILE).read_text())
+    val_keys = trainer._case_keys[1]
+    assert record["cases"] == len(val_keys) == 3 and set(record["per_case"]) == set(val_keys)
+    assert 0 <= record["same_subtype"] <= 3 and "case-level estimator check" in Path(trainer.log_file).read_text()
+    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys)
+    for mode, key in ((make_predictor(out.parent, "fast"), "deployed_estimator"), (make_predictor(out.parent, trainer.validation_mode()), "validation_estimator")):
+        for case in val_keys:  # the shipped model folder (checkpoint_best.pth), as 03_inference loads it
+            _, probabilities = mode.predict_preprocessed(np.asarray(dataset.load_case(case)[0][:]))
+            assert np.allclose(probabilities, record["per_case"][case][key], atol=1e-5), (key, case)
+
+
 def test_subtypes_come_only_from_the_table(tiny_prepared, manifest, results) -> None:
     trainer = _trainer(tiny_prepared, manifest, MultitaskSettings(num_epochs=1, **TINY_RUN))
     with pytest.raises(KeyError, match="quiz_9_999 has no subtype in subtypes.csv"):
@@ -122,16 +152,16 @@ def test_subtypes_come_only_from_the_table(tiny_prepared, manifest, results) -> 
 
 
 def test_a_finished_fold_is_not_trained_again(tiny_prepared, manifest, results) -> None:
-    from pancreas_multitask.training.run import TRAINER_NAME
+    from pancreas_multitask.training.train import TRAINER_NAME
     from pancreas_multitask.training.trainers.nnUNetTrainerMultitask import nnUNetTrainerMultitask
 
     assert TRAINER_NAME == nnUNetTrainerMultitask.__name__
     settings = MultitaskSettings(num_epochs=1, **TINY_RUN)
-    first = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu", final_validation=False)
+    first = train(Workspace(manifest, results, CPU_PLANS), settings, device="cpu", final_validation=False)
     stamp = (first.output_folder / "checkpoint_final.pth").stat().st_mtime_ns
-    again = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cpu", final_validation=False)
+    again = train(Workspace(manifest, results, CPU_PLANS), settings, device="cpu", final_validation=False)
     assert (again.output_folder / "checkpoint_final.pth").stat().st_mtime_ns == stamp and again.stop_reason == first.stop_reason
-    other = train(manifest, tiny_prepared, CPU_PLANS, MultitaskSettings(num_epochs=2, **TINY_RUN), fold=0, device="cpu", final_validation=False)
+    other = train(Workspace(manifest, results, CPU_PLANS), MultitaskSettings(num_epochs=2, **TINY_RUN), device="cpu", final_validation=False)
     assert len(pd.read_csv(other.metrics_file)) == 2  # changed settings train again
 
 
@@ -163,7 +193,7 @@ def test_multi_gpu_training_goes_through_nnunet_ddp_launcher(tiny_prepared, mani
     monkeypatch.setattr(nnunet_run, "run_training", lambda *args, **kwargs: calls.append((args, kwargs)))
     monkeypatch.setenv("nnUNet_extTrainer", "my_trainers")  # a user's own trainer folder is kept
     settings = MultitaskSettings(num_epochs=3, **TINY_RUN)
-    result = train(manifest, tiny_prepared, CPU_PLANS, settings, fold=0, device="cuda", num_gpus=2)
+    result = train(Workspace(manifest, results, CPU_PLANS), settings, device="cuda", num_gpus=2)
     ((args, kwargs),) = calls
     assert args == (manifest.dataset_name, "3d_fullres", 0, TRAINER_NAME, CPU_PLANS) and kwargs == {"num_gpus": 2, "continue_training": False}
     assert MultitaskSettings.load(result.output_folder) == settings  # every DDP process reads them from the fold folder
@@ -177,7 +207,7 @@ def test_multi_gpu_training_goes_through_nnunet_ddp_launcher(tiny_prepared, mani
 
 def test_subtype_loss_only_on_patches_that_show_the_lesion(tiny_prepared, manifest, results) -> None:
     """A patch without the (pooled) lesion carries no subtype evidence: it is left out of the classification loss."""
-    from pancreas_multitask.training.settings import HeadConfig
+    from pancreas_multitask.model.settings import HeadConfig
 
     trainer = _trainer(tiny_prepared, manifest, MultitaskSettings(num_epochs=1, head=HeadConfig(pooling="lesion"), **TINY_RUN))
     trainer.on_train_start()

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pancreas_multitask.inference.aggregation import aggregate_class_probabilities, tile_foreground, tile_weight
-from pancreas_multitask.training.network import ClassificationHead, build_multitask_network
+from pancreas_multitask.profiles import load_parameters
+from pancreas_multitask.model.aggregation import aggregate_class_probabilities, tile_foreground, tile_weight
+from pancreas_multitask.model.network import ClassificationHead, build_multitask_network
 from pancreas_multitask.training.schedule import best_epoch, class_weights, criterion, loss_weights, should_stop
-from pancreas_multitask.training.settings import HeadConfig, LossSchedule, MultitaskSettings
+from pancreas_multitask.model.settings import HeadConfig, LossSchedule, MultitaskSettings
 
 
 def test_loss_weight_schedule() -> None:
@@ -166,7 +167,7 @@ def test_training_pools_over_the_ground_truth_lesion() -> None:
 def test_settings_from_profile_parameters(repo) -> None:
     import yaml
 
-    from pancreas_multitask.training.settings import settings_from_parameters
+    from pancreas_multitask.model.settings import settings_from_parameters
 
     demo = yaml.safe_load((repo / "notebooks" / "params" / "demo.yaml").read_text())
     s = settings_from_parameters(demo, num_classes=3)
@@ -174,7 +175,7 @@ def test_settings_from_profile_parameters(repo) -> None:
     assert s.head.pooling == demo["pooling"] and s.head.num_classes == 3
     assert s.schedule.phase1_epochs == demo["loss_schedule"]["phase1_epochs"]
     assert s.head_lr_factor == demo["trainer_extra"]["head_lr_factor"]
-    gpu = settings_from_parameters(yaml.safe_load((repo / "notebooks" / "params" / "local.yaml").read_text()), num_classes=3)
+    gpu = settings_from_parameters(load_parameters(repo / "notebooks" / "params", "local"), num_classes=3)
     assert (gpu.num_epochs, gpu.iterations_per_epoch, gpu.initial_lr, gpu.patience) == (500, 250, 1e-4, 100)
 
 

@@ -39,6 +39,7 @@ class ProfilePaths:
     raw: Path
     work: Path
     test_answers: Path | None
+    results: Path | None = None  # nnU-Net's results folder when not <work>/nnUNet_results (e.g. a test's own)
 
     @property
     def nnunet_raw(self) -> Path:
@@ -50,7 +51,7 @@ class ProfilePaths:
 
     @property
     def nnunet_results(self) -> Path:
-        return self.work / "nnUNet_results"
+        return self.results or self.work / "nnUNet_results"
 
 
 @dataclass(frozen=True)

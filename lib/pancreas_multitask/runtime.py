@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -83,6 +84,28 @@ def configure_nnunet(paths: ProfilePaths, device: str) -> dict[str, str]:
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     os.environ.update(env)
     return env
+
+
+def add_trainer_folder(folder: Path) -> None:
+    """Put ``folder`` first in ``nnUNet_extTrainer``, where nnU-Net's name lookup (its CLI, its DDP launcher) searches."""
+    searched = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p and p != str(folder)]
+    os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(folder), *searched])
+
+
+@contextlib.contextmanager
+def configured_nnunet(paths: ProfilePaths, device: str) -> Iterator[dict[str, str]]:
+    """``configure_nnunet`` for the block, then the previous variables back: for benchmarks and tests that
+    train into folders of their own. This module is the one place that writes ``nnUNet_*`` variables."""
+    keys = nnunet_environment(paths, device)
+    previous = {key: os.environ.get(key) for key in keys}
+    try:
+        yield configure_nnunet(paths, device)
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def library_versions() -> dict[str, str]:

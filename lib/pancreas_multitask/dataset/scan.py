@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from ..io import Volume, VolumeError, load_volume
+from ..io import Volume, VolumeError, load_volume, write_json
 from ..manifest import Manifest, OnBadCase
 from ..runtime import progress
 
@@ -120,27 +121,10 @@ def _collect(raw: Path, manifest: Manifest, problems: list[Problem]) -> list[_Pe
         if not split_dir.is_dir():
             problems.append(Problem(split_dir, f"split folder is missing (layout.labeled_splits lists {split!r})"))
             continue
-        for sub in _list_files(split_dir):
-            if not sub.is_dir():
-                problems.append(Problem(sub, f"unexpected file in {split}/; expected subtype folders {list(manifest.subtypes)}"))
-                continue
-            if sub.name not in manifest.subtypes:
-                problems.append(Problem(sub, f"subtype folder {sub.name!r} is not one of the manifest's classes {list(manifest.subtypes)}"))
-                continue
-            klass = manifest.subtypes.index(sub.name)
-            for path in _list_files(sub):
-                kind, match = "image", layout.image.match(path.name)
-                if match is None:
-                    kind, match = "mask", layout.mask.match(path.name)
-                if match is None or not path.is_file():
-                    problems.append(Problem(path, f"file name does not fit the pattern {layout.image.pattern} (image) or {layout.mask.pattern} (mask)"))
-                    continue
-                if int(match["subtype"]) != klass:
-                    problems.append(Problem(path, f"file name says subtype {match['subtype']} but the file lies in folder {sub.name}"))
-                    continue
-                item = entry(match["case"], split, klass, path)
-                if item is not None:
-                    setattr(item, kind, path)
+        for kind, case_id, klass, path in _labeled_files(split_dir, manifest, problems):
+            item = entry(case_id, split, klass, path)
+            if item is not None:
+                setattr(item, kind, path)
 
     test_dir = raw / layout.test_split
     if test_dir.is_dir():
@@ -153,6 +137,54 @@ def _collect(raw: Path, manifest: Manifest, problems: list[Problem]) -> list[_Pe
             if item is not None:
                 item.image = path
     return [item for item in pending.values() if item.case_id not in duplicates]
+
+
+def _labeled_files(split_dir: Path, manifest: Manifest, problems: list[Problem]) -> Iterator[tuple[str, str, int, Path]]:
+    """``(kind, case id, subtype, file)`` of a labelled split folder (``subtypeK/`` inside); kind is image or mask."""
+    layout = manifest.layout
+    for sub in _list_files(split_dir):
+        if not sub.is_dir():
+            problems.append(Problem(sub, f"unexpected file in {split_dir.name}/; expected subtype folders {list(manifest.subtypes)}"))
+            continue
+        if sub.name not in manifest.subtypes:
+            problems.append(Problem(sub, f"subtype folder {sub.name!r} is not one of the manifest's classes {list(manifest.subtypes)}"))
+            continue
+        klass = manifest.subtypes.index(sub.name)
+        for path in _list_files(sub):
+            kind, match = "image", layout.image.match(path.name)
+            if match is None:
+                kind, match = "mask", layout.mask.match(path.name)
+            if match is None or not path.is_file():
+                problems.append(Problem(path, f"file name does not fit the pattern {layout.image.pattern} (image) or {layout.mask.pattern} (mask)"))
+                continue
+            if int(match["subtype"]) != klass:
+                problems.append(Problem(path, f"file name says subtype {match['subtype']} but the file lies in folder {sub.name}"))
+                continue
+            yield kind, match["case"], klass, path
+
+
+def layout_files(raw: Path, manifest: Manifest) -> list[tuple[str, str, int | None, Path | None, Path | None]]:
+    """``(case id, split, subtype, image, mask)`` of every case the manifest's layout finds under ``raw``, without
+    reading any file (the validating scan is ``scan_raw``); DataValidationError lists every file that does not fit."""
+    problems: list[Problem] = []
+    found = _collect(Path(raw), manifest, problems)
+    if problems:
+        raise DataValidationError(problems)
+    return [(item.case_id, item.split, item.subtype, item.image, item.mask) for item in found]
+
+
+def labeled_split_files(split_dir: Path, manifest: Manifest) -> list[tuple[str, int, Path | None, Path | None]]:
+    """``(case id, subtype, image or None, mask or None)`` of one labelled split folder in the manifest's layout,
+    without reading the files (evaluation's ground truth); DataValidationError lists every file that does not fit."""
+    if not split_dir.is_dir():
+        raise DataValidationError([Problem(split_dir, "ground-truth folder not found")])
+    problems: list[Problem] = []
+    found: dict[str, dict] = {}
+    for kind, case_id, klass, path in _labeled_files(split_dir, manifest, problems):
+        found.setdefault(case_id, {"subtype": klass, "image": None, "mask": None})[kind] = path
+    if problems:
+        raise DataValidationError(problems)
+    return [(case_id, f["subtype"], f["image"], f["mask"]) for case_id, f in sorted(found.items())]
 
 
 def _check_pair(item: _Pending, image_path: Path) -> tuple[Case | None, list[Problem]]:
@@ -239,6 +271,26 @@ def scan_raw(raw: str | Path, manifest: Manifest, on_bad_case: OnBadCase | None 
     order = {s: i for i, s in enumerate((*manifest.layout.labeled_splits, manifest.layout.test_split))}
     cases.sort(key=lambda c: (order[c.split], c.case_id))
     return ScanResult(cases=cases, problems=problems, skipped=sorted(bad_ids))
+
+
+CASE_TABLE = "raw_cases.json"  # the scan's record: what every later stage takes as the raw cases
+
+
+def write_case_table(path: Path, result: ScanResult) -> None:
+    """The usable cases (and what the scan left out, and why) as the record later stages read."""
+    cases = [{**asdict(c), "image": str(c.image), "mask": None if c.mask is None else str(c.mask)} for c in result.cases]
+    write_json(path, {"cases": cases, "skipped": result.skipped, "problems": [str(p) for p in result.problems]})
+
+
+def read_case_table(path: Path) -> list[Case]:
+    """The cases ``write_case_table`` recorded."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no case table; run the prepare stage (01_prepare) first")
+    return [
+        Case(c["case_id"], c["split"], c["subtype"], Path(c["image"]), None if c["mask"] is None else Path(c["mask"]),
+             tuple(c["shape"]), tuple(c["spacing"]), c["orientation"])  # type: ignore[arg-type]
+        for c in json.loads(path.read_text())["cases"]
+    ]
 
 
 def split_counts(cases: Iterable[Case]) -> dict[str, dict[str, int]]:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..io import remove_stale_temporaries, write_json, write_text
 from ..runtime import progress
-from .ground_truth import FILE_ENDING, GroundTruthCase, case_id, read_names_csv
+from ..dataset.ground_truth import FILE_ENDING, GroundTruthCase, case_id, read_names_csv
 from .metrics import classification_metrics, evaluate_case, macro_f1_ci, mean_ci
 
 TARGETS = {"dsc_pancreas": 0.91, "dsc_lesion": 0.31, "macro_f1": 0.70}

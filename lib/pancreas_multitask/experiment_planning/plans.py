@@ -15,9 +15,10 @@ import copy
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from ..model.folders import CONFIGURATION
+
 RESENC_M = "nnUNetResEncUNetMPlans"
 CPU_PLANS = f"{RESENC_M}_cpu"
-CONFIGURATION = "3d_fullres"
 MIN_FEATURE_MAP_EDGE = 4  # nnU-Net's ExperimentPlanner.UNet_featuremap_min_edge_length
 RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # ResEncUNetPlanner's encoder blocks
 

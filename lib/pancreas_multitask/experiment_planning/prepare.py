@@ -1,24 +1,26 @@
 """The prepare stage: validate -> convert -> integrity check, fingerprint, ResEncM plan, preprocess -> split.
 
 Each step is skipped when its inputs did not change (``force`` redoes planning and preprocessing).
-CLI: ``python -m pancreas_multitask.experiment_planning.prepare --profile demo [--plans ...]``.
+``prepare(workspace, params)`` is the stage's one entry (01_prepare and the CLI
+``python -m pancreas_multitask.experiment_planning --profile demo`` both call it); it writes the scan's
+case table and ``prepare.json``, the records the later stages read.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from ..dataset.scan import scan_raw
+from ..dataset.scan import ScanResult, scan_raw, write_case_table
 from ..io import write_json
-from ..manifest import Manifest, ProfilePaths, load_manifest
-from ..runtime import available_cores, configure_nnunet, is_headless
+from ..manifest import Manifest, ProfilePaths
+from ..runtime import available_cores, is_headless
+from ..workspace import Workspace
 from .dataset_conversion import STATE_FILE, ConversionReport, convert_dataset
 from .plans import CONFIGURATION, CPU_PLANS, RESENC_M, ReducedPlan, derive_reduced_plans, plan_resenc_m, plan_summary
 from .splits import SplitMode, make_splits, write_splits
@@ -90,41 +92,38 @@ def write_fold_splits(manifest: Manifest, paths: ProfilePaths, mode: SplitMode) 
     return write_splits(paths.nnunet_preprocessed / manifest.dataset_name, make_splits(table, mode, train_split, val_split), test_ids)
 
 
-def prepare(
-    manifest: Manifest,
-    paths: ProfilePaths,
-    plans_name: str,
-    split_mode: SplitMode = "given",
-    num_processes: int | None = None,
-    reduced: ReducedPlan | None = None,
-    force: bool = False,
-    on_bad_case: str | None = None,
-) -> tuple[ConversionReport, PreprocessReport, Path]:
-    """The whole stage, as the notebook runs it step by step."""
-    scan = scan_raw(paths.raw, manifest, on_bad_case or None)  # type: ignore[arg-type]
-    conversion = convert_dataset(scan.cases, manifest, paths.nnunet_raw)
-    preprocessing = plan_and_preprocess(manifest, paths, plans_name, num_processes, reduced, force)
-    return conversion, preprocessing, write_fold_splits(manifest, paths, split_mode)
+@dataclass
+class PrepareRecord:
+    """What the stage did and wrote; ``record_file`` (``prepare.json``) holds its summary."""
+
+    scan: ScanResult
+    conversion: ConversionReport
+    preprocessing: PreprocessReport
+    splits_file: Path
+    record_file: Path
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Convert, plan (ResEncM), preprocess and split a quiz-layout dataset.")
-    parser.add_argument("--manifest", type=Path, default=Path("data_manifest.yaml"))
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("--plans", default=CPU_PLANS, choices=(RESENC_M, CPU_PLANS))
-    parser.add_argument("--split", default="given", choices=("given", "cv5"))
-    parser.add_argument("--processes", type=int, default=None)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="sets the CPU-specific nnU-Net variables")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    manifest = load_manifest(args.manifest)
-    paths = manifest.paths(args.profile)
-    configure_nnunet(paths, args.device)
-    conversion, preprocessing, splits = prepare(manifest, paths, args.plans, args.split, args.processes, force=args.force)
-    print(conversion.summary())
-    print(("preprocessing up to date: " if preprocessing.skipped else "preprocessed: ") + str(preprocessing.plans_file))
-    print("splits:", splits)
-
-
-if __name__ == "__main__":
-    main()
+def prepare(workspace: Workspace, params: Mapping[str, Any]) -> PrepareRecord:
+    """The whole stage with a profile's parameters (``cpu_plan``, ``label_mode``, ``split_mode``, ``num_processes``,
+    ``force``, ``on_bad_case``; empty values keep the manifest's or the defaults)."""
+    manifest, paths, plans_name = workspace.manifest, workspace.paths, workspace.plans
+    reduced = ReducedPlan.from_dict(params.get("cpu_plan") or {}) if plans_name == CPU_PLANS else None
+    split_mode: SplitMode = params.get("split_mode") or "given"
+    scan = scan_raw(paths.raw, manifest, params.get("on_bad_case") or None)
+    conversion = convert_dataset(scan.cases, manifest, paths.nnunet_raw, params.get("label_mode") or None)
+    write_case_table(workspace.case_table, scan)
+    preprocessing = plan_and_preprocess(manifest, paths, plans_name, int(params.get("num_processes") or 0) or None, reduced, bool(params.get("force")))
+    splits_file = write_fold_splits(manifest, paths, split_mode)
+    folds = json.loads(splits_file.read_text())
+    dataset_json = json.loads((workspace.raw_dataset / "dataset.json").read_text())
+    record = workspace.record("prepare")
+    write_json(record, {
+        "dataset": manifest.dataset_name, "plans": plans_name, "plans_file": str(preprocessing.plans_file), "plan": preprocessing.summary,
+        "label_mode": dataset_json.get("label_mode"), "split_mode": split_mode,
+        "folds": [{"train": len(f["train"]), "val": len(f["val"])} for f in folds],
+        "cases": {split: len(workspace.cases(split)) for split in workspace.splits}, "case_table": str(workspace.case_table),
+        "left_out_by_the_scan": scan.skipped,
+        "conversion": {"converted": len(conversion.converted), "unchanged": len(conversion.unchanged), "removed": len(conversion.removed)},
+        "preprocessing_skipped": preprocessing.skipped,
+    })
+    return PrepareRecord(scan, conversion, preprocessing, splits_file, record)

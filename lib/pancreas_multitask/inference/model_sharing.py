@@ -2,9 +2,10 @@
 
 The zip holds ``DatasetXXX_Name/<trainer>__<plans>__<configuration>/`` with ``plans.json``,
 ``dataset.json`` (with the subtype names), ``dataset_fingerprint.json`` and per fold the chosen
-checkpoint, ``debug.json``, ``progress.png`` and ``validation/summary.json``: what nnU-Net's own
-export writes (it does the writing). The project adds per fold ``multitask_settings.json`` (the
-head), ``training_metrics.csv``, ``training_done.json`` (the training summary) and nnU-Net's
+checkpoint, ``debug.json``, ``progress.png`` and ``validation/summary.json``: the files and names of
+nnU-Net's ``export_pretrained_model``, written here from the model folder itself (nnU-Net's exporter
+finds the folder through ``nnUNet_results`` only). The project adds per fold ``multitask_settings.json``
+(the head), ``training_metrics.csv``, ``training_done.json`` (the training summary) and nnU-Net's
 ``postprocessing.pkl``/``.json`` (determined on the validation split). nnU-Net's
 ``nnUNetv2_install_pretrained_model_from_zip`` installs it unchanged.
 """
@@ -12,13 +13,11 @@ head), ``training_metrics.csv``, ``training_done.json`` (the training summary) a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from ..io import atomic_path, file_lock, write_json
 
@@ -26,45 +25,32 @@ PROJECT_FILES = ("multitask_settings.json", "training_metrics.csv", "training_do
 INSTALLED_STAMP = ".installed_from.json"
 
 
-@contextmanager
-def _results_root(root: Path) -> Iterator[None]:
-    """nnU-Net reads ``nnUNet_results`` when it is used, so point it at ``root`` for the block."""
-    previous = os.environ.get("nnUNet_results")
-    os.environ["nnUNet_results"] = str(root)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("nnUNet_results", None)
-        else:
-            os.environ["nnUNet_results"] = previous
+MODEL_FILES = ("plans.json", "dataset_fingerprint.json", "dataset.json")  # nnU-Net's exporter: per model folder
+FOLD_FILES = ("progress.png", "validation/summary.json")  # and per fold, besides the checkpoint
+OPTIONAL_FOLD_FILES = ("debug.json", "network_architecture.pdf", *PROJECT_FILES)
 
 
 def export_model(model_folder: str | Path, zip_file: str | Path, folds: Sequence[int | str] = (0,), checkpoint_name: str = "checkpoint_best.pth", overwrite: bool = False) -> Path:
-    """Zip a trained model folder (``<results>/DatasetXXX/<trainer>__<plans>__<configuration>``) with nnU-Net's exporter.
+    """Zip a trained model folder (``<results>/DatasetXXX/<trainer>__<plans>__<configuration>``) in nnU-Net's export layout.
 
     An existing zip newer than every checkpoint it holds is kept unless ``overwrite``.
     """
-    from nnunetv2.model_sharing.model_export import export_pretrained_model
-
     model_folder = Path(model_folder).resolve()
-    trainer, plans, configuration = model_folder.name.split("__")
     root = model_folder.parent.parent
+    files = [model_folder / name for name in MODEL_FILES]
     for fold in folds:
-        for required in (checkpoint_name, "progress.png", "validation/summary.json"):
-            if not (model_folder / f"fold_{fold}" / required).is_file():
-                raise FileNotFoundError(f"{model_folder / f'fold_{fold}' / required}: missing, so fold {fold} cannot be exported (finish its training first)")
+        fold_dir = model_folder / f"fold_{fold}"
+        files += [fold_dir / name for name in (checkpoint_name, *FOLD_FILES)]
+        files += [fold_dir / name for name in OPTIONAL_FOLD_FILES if (fold_dir / name).is_file()]
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing, so {model_folder} cannot be exported (finish the training of its folds {list(folds)} first)")
     zip_file = Path(zip_file)
     if not overwrite and _up_to_date(zip_file, model_folder, folds, checkpoint_name):
         return zip_file
-    with atomic_path(zip_file) as tmp, _results_root(root):
-        export_pretrained_model(model_folder.parent.name, str(tmp), (configuration,), trainer, plans, tuple(folds), save_checkpoints=(checkpoint_name,))
-        with zipfile.ZipFile(tmp, "a", zipfile.ZIP_DEFLATED) as archive:
-            for fold in folds:
-                for name in PROJECT_FILES:
-                    source = model_folder / f"fold_{fold}" / name
-                    if source.is_file():
-                        archive.write(source, source.relative_to(root).as_posix())
+    with atomic_path(zip_file) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            archive.write(path, path.relative_to(root).as_posix())
     return zip_file
 
 

@@ -29,14 +29,14 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from ..io import VolumeError, atomic_path, check_complete, ensure_writable, is_temporary, remove_stale_temporaries, write_json, write_text
 from ..runtime import is_headless, progress
-from ..training.network import MultitaskNetwork, build_multitask_network
-from ..training.run import TRAINER_NAME
-from ..training.settings import MultitaskSettings
+from ..model.network import MultitaskNetwork, build_multitask_network
+from ..model.folders import SUBTYPE_CSV, TRAINER_NAME
+from ..model.settings import MultitaskSettings
 from ..postprocessing import UNPROCESSED, Postprocessing, load_postprocessing, postprocessing_file
 from ..postprocessing import apply as apply_postprocessing
-from .aggregation import aggregate_class_probabilities, tile_weight
+from ..model.aggregation import aggregate_class_probabilities, tile_weight
 
-CSV_NAME = "subtype_results.csv"
+CSV_NAME = SUBTYPE_CSV
 SIDECAR = ".subtype.json"  # per-case class probabilities and timing; the CSV is rebuilt from them
 
 
@@ -133,8 +133,9 @@ class MultitaskPredictor(nnUNetPredictor):
         self.tile_batch_size, self.mirrors = self.mode.tile_batch_size, self.mode.mirrors
         self.postprocessing: Postprocessing | None = None
         self.postprocessing_source: Path | None = None
-        self._forward_with_class = None  # set by initialize_from_model_folder
+        self._forward_with_class = None  # set by use_network
         self._one_pass_at_a_time = False  # set when the GPU ran out of memory with batched passes
+        self._checkpoints: list[Path] = []
 
     def use_postprocessing_of(self, model_folder: str | Path, folds: Sequence[int | str]) -> None:
         """Apply the model's nnU-Net postprocessing (``postprocessing.pkl``) to every exported mask, if it has one."""
@@ -153,6 +154,11 @@ class MultitaskPredictor(nnUNetPredictor):
         allowed = set(self.allowed_mirroring_axes)
         return [[], *([a + 2 for a in axes] for axes in self.mirrors if set(axes) <= allowed)]
 
+    @property
+    def _nnunet_passes(self) -> bool:
+        """Whether nnU-Net's own mirroring runs the passes (``accurate``); a forward hook then collects the tiles."""
+        return self.tile_batch_size <= 1 and not self.mode.flips_in_batch and self.mirrors is None
+
     @torch.inference_mode()
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
         """The mean over the passes in ``_passes``, with their class logits and tile weights collected.
@@ -160,7 +166,7 @@ class MultitaskPredictor(nnUNetPredictor):
         ``accurate`` runs nnU-Net's own method (the forward hook collects); the other modes run the same
         passes through ``forward_with_class``, all of a batch's flips in one forward with ``flips_in_batch``.
         """
-        if self.tile_batch_size <= 1 and not self.mode.flips_in_batch and self.mirrors is None:
+        if self._nnunet_passes:
             return super()._internal_maybe_mirror_and_predict(x)
         if self._one_pass_at_a_time:
             return torch.cat([self._mean_over_passes(tile[None], batched=False) for tile in x])
@@ -216,7 +222,14 @@ class MultitaskPredictor(nnUNetPredictor):
             label_manager.num_segmentation_heads, False, settings.head, label_manager.has_regions,
         )
         network.eval()
-        network.register_forward_hook(self._collect_tile)  # nnU-Net's own passes (accurate); the others call forward_with_class
+        self.use_network(network, plans_manager, configuration_manager, dataset_json, mirror_axes, parameters)
+        self._checkpoints = [model_folder / f"fold_{fold}" / checkpoint_name for fold in folds]
+
+    def use_network(self, network: MultitaskNetwork, plans_manager: PlansManager, configuration_manager: ConfigurationManager, dataset_json: dict,
+                    mirror_axes: Sequence[int] | None, parameters: list[dict] | None = None) -> None:
+        """Predict with ``network``: the folds' ``parameters`` are loaded in turn (a model folder), or ``None``
+        predicts with the network's own weights as they are (the trainer's case-level validation)."""
+        self._network_module = network  # the forward hook goes here, whatever wraps the network
         self._forward_with_class = network.forward_with_class
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed tile shapes: cuDNN picks its fastest kernels once
@@ -224,10 +237,10 @@ class MultitaskPredictor(nnUNetPredictor):
                 network.to(memory_format=torch.channels_last_3d)
             if self.mode.compile:
                 self._forward_with_class = torch.compile(network.forward_with_class)
-        self.subtype_names = list(dataset_json.get("subtypes", [f"subtype{k}" for k in range(settings.head.num_classes)]))
+        self.subtype_names = list(dataset_json.get("subtypes", [f"subtype{k}" for k in range(network.head.config.num_classes)]))
         self._tiles: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-        self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json, TRAINER_NAME, mirror_axes)
-        self._checkpoints = [model_folder / f"fold_{fold}" / checkpoint_name for fold in folds]
+        self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json, TRAINER_NAME,
+                                   None if mirror_axes is None else tuple(mirror_axes))
         self.export_configuration = torch_export_configuration(configuration_manager, self.device) if self.mode.device_export else configuration_manager
 
     def fingerprint(self) -> str:
@@ -250,9 +263,9 @@ class MultitaskPredictor(nnUNetPredictor):
     def _keep_tiles(self, output, class_logits: torch.Tensor) -> None:
         """Class logits and subtype weight of every tile of one forward pass."""
         segmentation = output[0] if isinstance(output, (list, tuple)) else output
-        head = self.network.head.config.pooling
+        head = self._network_module.head.config.pooling
         self._tiles[0].append(class_logits.float().cpu())  # tile order differs between modes; the weighted mean does not care
-        self._tiles[1].append(tile_weight(segmentation, self.network.has_regions, head).cpu())
+        self._tiles[1].append(tile_weight(segmentation, self._network_module.has_regions, head).cpu())
 
     @torch.inference_mode()
     def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers, do_on_device: bool = True) -> torch.Tensor:
@@ -299,10 +312,21 @@ class MultitaskPredictor(nnUNetPredictor):
         return data, properties, {"read": read - start, "preprocess": time.perf_counter() - read}
 
     def predict_preprocessed(self, data: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """The sliding window over preprocessed data: logits on that grid (on the CPU) and the subtype probabilities."""
+        """The sliding window over preprocessed data: logits on that grid (on the CPU) and the subtype probabilities.
+
+        The one case-level estimator: inference and the trainer's case-level validation both call this.
+        """
         self._tiles[0].clear()
         self._tiles[1].clear()
-        logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+        hook = self._network_module.register_forward_hook(self._collect_tile) if self._nnunet_passes else None
+        try:
+            if self.list_of_parameters is None:  # the network's own weights (training)
+                logits = self.predict_sliding_window_return_logits(torch.from_numpy(np.ascontiguousarray(data))).cpu()
+            else:
+                logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+        finally:
+            if hook is not None:
+                hook.remove()
         probabilities = aggregate_class_probabilities(torch.cat(self._tiles[0]), torch.cat(self._tiles[1])).numpy()
         return logits, probabilities
 
@@ -526,10 +550,3 @@ def write_subtype_csv(output_folder: Path, subtype_names: Sequence[str]) -> Path
     target = Path(output_folder) / CSV_NAME
     write_text(target, buffer.getvalue())
     return target
-
-
-def split_cases(raw: str | Path, split: str, file_ending: str = ".nii.gz") -> list[tuple[str, Path]]:
-    """``(case id, image)`` of one raw quiz split: ``split/subtypeK/*_0000`` or, for the test split, ``test/*_0000``."""
-    folder = Path(raw) / split
-    files = sorted(folder.glob(f"*/*_0000{file_ending}")) + sorted(folder.glob(f"*_0000{file_ending}"))
-    return input_cases(files, file_ending)

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .settings import LossSchedule
+from ..model.settings import LossSchedule
 
 
 def loss_weights(epoch: int, schedule: LossSchedule) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
 Two ways to start it:
 
-* the project's (notebook 02, ``python -m pancreas_multitask.training.run``): the class itself is
+* the project's (notebook 02, ``python -m pancreas_multitask.training.train``): the class itself is
   instantiated, so no name lookup (and no torchvision import) is needed;
 * nnU-Net's: ``nnUNet_extTrainer=<this folder> nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerMultitask -p PLANS``.
 
@@ -28,13 +28,13 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import autocast, nn
 
 from pancreas_multitask.experiment_planning.subtype_table import SUBTYPE_TABLE, read_subtype_table
-from pancreas_multitask.io import atomic_path, write_text
+from pancreas_multitask.inference.predictor import InferenceMode, MultitaskPredictor, resolve_mode
+from pancreas_multitask.io import atomic_path, write_json, write_text
+from pancreas_multitask.model.folders import AGREEMENT_FILE, METRICS_FILE, SELECTED_CHECKPOINT
+from pancreas_multitask.model.network import MultitaskNetwork, build_multitask_network
+from pancreas_multitask.model.settings import MultitaskSettings
 from pancreas_multitask.runtime import is_headless
-from pancreas_multitask.training.case_validation import classify_case
-from pancreas_multitask.training.network import MultitaskNetwork, build_multitask_network
-from pancreas_multitask.training.run import METRICS_FILE
 from pancreas_multitask.training.schedule import best_epoch, class_weights, criterion, loss_weights, should_stop
-from pancreas_multitask.training.settings import MultitaskSettings
 
 EXTRA_KEYS = ("train_seg_losses", "train_cls_losses", "w_seg", "w_cls", "val_macro_f1", "val_accuracy", "val_criterion")
 
@@ -178,22 +178,62 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         self.logger.log("train_cls_losses", float(np.mean([o["cls_loss"] for o in train_outputs])), self.current_epoch)
 
     # ---- validation -------------------------------------------------------------------------------
-    def case_level_validation(self) -> tuple[float, float]:
-        """Macro-F1 and accuracy of the subtype over whole validation cases (all tiles, foreground-weighted)."""
+    def validation_mode(self) -> InferenceMode:
+        """The case-level pass during training: the deployed estimator without mirroring, at ``case_val_step``."""
+        return InferenceMode(self.settings.case_val_step, use_mirroring=False, tile_batch_size=2)
+
+    def case_probabilities(self, mode: InferenceMode, keys: list[str]) -> list[np.ndarray]:
+        """Subtype probabilities of whole preprocessed cases from the network as it is now, through the predictor
+        that inference uses (``MultitaskPredictor.predict_preprocessed``: nnU-Net's Gaussian-weighted sliding window,
+        every tile's class logits weighted by its predicted lesion), in ``mode``."""
         network = self.multitask_network()
         was_training = network.training
-        network.eval()
-        val_keys = self._case_keys[1]
-        dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
-        truth, predicted = [], []
-        for key in val_keys:
-            data, _, _, _ = dataset.load_case(key)
-            probs = classify_case(network, data[:], self.configuration_manager.patch_size, self.settings.case_val_step, self.device)
-            truth.append(self._subtype(key))
-            predicted.append(int(np.argmax(probs)))
-        network.train(was_training)
+        predictor = MultitaskPredictor(mode.tile_step_size, use_mirroring=mode.use_mirroring, mode=mode, perform_everything_on_device=self.device.type == "cuda",
+                                       device=self.device, allow_tqdm=False)
+        predictor.use_network(network, self.plans_manager, self.configuration_manager, self.dataset_json, self.inference_allowed_mirroring_axes)
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
+        self.set_deep_supervision_enabled(False)
+        try:
+            return [predictor.predict_preprocessed(np.asarray(dataset.load_case(key)[0][:]))[1] for key in keys]
+        finally:
+            self.set_deep_supervision_enabled(True)
+            network.train(was_training)
+
+    def _f1_accuracy(self, keys: list[str], probabilities: list[np.ndarray]) -> tuple[float, float]:
+        truth, predicted = [self._subtype(k) for k in keys], [int(np.argmax(p)) for p in probabilities]
         labels = list(range(self.settings.head.num_classes))
         return float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)), float(accuracy_score(truth, predicted))
+
+    def case_level_validation(self) -> tuple[float, float]:
+        """Macro-F1 and accuracy of the subtype over whole validation cases (``validation_mode``)."""
+        keys = self._case_keys[1]
+        return self._f1_accuracy(keys, self.case_probabilities(self.validation_mode(), keys))
+
+    def check_estimator_agreement(self) -> dict | None:
+        """The selected weights through both the validation pass and the deployed mode on the validation cases:
+        how often they give the same subtype, their largest probability difference and both macro-F1s.
+        Logged, and written to ``estimator_agreement.json`` (None when ``deployed_check_cases`` is 0)."""
+        count = self.settings.deployed_check_cases
+        keys = self._case_keys[1][: None if count < 0 else count]
+        if not keys:
+            return None
+        cheap, deployed = (self.case_probabilities(mode, keys) for mode in (self.validation_mode(), resolve_mode(self.settings.deployed_mode)))
+        same = [int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(cheap, deployed)]
+        record = {
+            "checkpoint": SELECTED_CHECKPOINT, "split": "validation", "cases": len(keys), "same_subtype": int(sum(same)),
+            "max_probability_difference": float(max(np.abs(a - b).max() for a, b in zip(cheap, deployed))),
+            "validation_estimator": self.validation_mode().describe(), "deployed_estimator": f"{self.settings.deployed_mode}: {resolve_mode(self.settings.deployed_mode).describe()}",
+            "macro_f1_accuracy": {"validation_estimator": self._f1_accuracy(keys, cheap), "deployed_estimator": self._f1_accuracy(keys, deployed)} if self.classification_measurable() else None,
+            "per_case": {k: {"true": self._subtype(k), "validation_estimator": a.round(6).tolist(), "deployed_estimator": b.round(6).tolist()} for k, a, b in zip(keys, cheap, deployed)},
+        }
+        write_json(Path(self.output_folder) / AGREEMENT_FILE, record)
+        message = (f"case-level estimator check ({SELECTED_CHECKPOINT}, {len(keys)} validation cases): the training pass and the deployed "
+                   f"'{self.settings.deployed_mode}' mode give the same subtype for {sum(same)}/{len(keys)}, probabilities differ by at most {record['max_probability_difference']:.3f}")
+        if record["macro_f1_accuracy"] is not None:
+            message += f"; macro-F1 {record['macro_f1_accuracy']['validation_estimator'][0]:.3f} (training pass) vs {record['macro_f1_accuracy']['deployed_estimator'][0]:.3f} (deployed)"
+        self.print_to_log_file(message, also_print_to_console=False)
+        print(message, flush=True)
+        return record
 
     def classification_measurable(self) -> bool:
         """Whether the validation cases hold at least two subtypes; on one class macro-F1 means nothing."""
@@ -311,3 +351,5 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
             weights = torch.load(best, map_location=self.device, weights_only=False)["network_weights"]
             self.multitask_network().load_state_dict(weights)
             self.print_to_log_file(f"restored the weights of {best.name} (selected on the validation split)")
+            if self.local_rank == 0:
+                self.check_estimator_agreement()

@@ -1,6 +1,6 @@
 """Command line: masks and ``subtype_results.csv`` for a folder of ``*_0000.nii.gz`` images.
 
-    python -m pancreas_multitask.inference.predict -i IMAGES -o OUTPUT -m MODEL_FOLDER_OR_ZIP \\
+    python -m pancreas_multitask.inference -i IMAGES -o OUTPUT -m MODEL_FOLDER_OR_ZIP \\
         [-f 0 1 2 3 4] [-chk checkpoint_best.pth] [--mode fast|accurate|fastest] [-device cpu|cuda|auto] \\
         [--num_parts N --part_id K] [--overwrite] [--disable_postprocessing]
 

@@ -2,33 +2,30 @@
 
 This is what ``nnunetv2.run.run_training.get_trainer_from_args`` does, minus
 ``recursive_find_trainer_class_by_name`` (which imports every trainer module, timm and torchvision
-included, and so fails beside the CPU torch). CLI:
-``python -m pancreas_multitask.training.run --profile demo`` (the profile's parameters, as run_all.sh passes them).
+included, and so fails beside the CPU torch). ``train(workspace, settings, ...)`` is the stage's entry
+(02_train and the CLI ``python -m pancreas_multitask.training --profile demo`` both call it).
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import json
-import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
-import yaml
 
 from ..io import write_json
-from ..manifest import Manifest, ProfilePaths, load_manifest
+from ..model.folders import AGREEMENT_FILE, CONFIGURATION, DONE_FILE, METRICS_FILE, SELECTED_CHECKPOINT, TRAINER_NAME
+from ..model.settings import MultitaskSettings
 from ..postprocessing import PP_JSON, PP_PICKLE
-from ..runtime import available_cores, configure_nnunet, detect_device
-from .settings import MultitaskSettings, settings_from_parameters
-
-CONFIGURATION = "3d_fullres"
-METRICS_FILE = "training_metrics.csv"  # written by the trainer every epoch
+from ..runtime import add_trainer_folder, available_cores
+from ..workspace import Workspace
 
 
 @dataclass
@@ -39,6 +36,8 @@ class TrainingResult:
     selected_checkpoint: Path
     final_validation: Path | None  # nnU-Net's summary.json of the full-volume validation
     postprocessing: Path | None = None  # nnU-Net's postprocessing.json, determined on that validation
+    selection: dict[str, Any] = field(default_factory=dict)  # which checkpoint, chosen on which split, with what
+    record_file: Path | None = None  # train.json, the record the later stages read
 
     def final_dice(self) -> dict[str, float]:
         """Mean full-volume Dice per dataset.json label name, from nnU-Net's final validation."""
@@ -81,31 +80,19 @@ def build_trainer(
     return trainer_class(plans=plans, configuration=CONFIGURATION, fold=fold, dataset_json=dataset_json, device=torch.device(device))
 
 
-TRAINER_NAME = "nnUNetTrainerMultitask"
 TRAINERS_FOLDER = Path(__file__).parent / "trainers"  # what nnUNet_extTrainer points at
-DONE_FILE = "training_done.json"
-
-
-def model_folder(manifest: Manifest, plans_name: str) -> Path:
-    """``$nnUNet_results/<dataset>/<trainer>__<plans>__3d_fullres``, where nnU-Net's trainer writes it."""
-    if not os.environ.get("nnUNet_results"):
-        raise RuntimeError("nnUNet_results is not set; call runtime.configure_nnunet() first")
-    return Path(os.environ["nnUNet_results"]) / manifest.dataset_name / f"{TRAINER_NAME}__{plans_name}__{CONFIGURATION}"
 
 
 def train(
-    manifest: Manifest,
-    paths: ProfilePaths,
-    plans_name: str,
+    workspace: Workspace,
     settings: MultitaskSettings,
-    fold: int | str = 0,
     device: str = "cpu",
     resume: bool = False,
     final_validation: bool = True,
     force: bool = False,
     num_gpus: int = 1,
 ) -> TrainingResult:
-    """Train (or resume) one fold, restore the selected checkpoint and run nnU-Net's full-volume validation.
+    """Train (or resume) the workspace's fold, restore the selected checkpoint and run nnU-Net's full-volume validation.
 
     ``num_gpus`` > 1 trains with nnU-Net's own DDP launcher (``run_training(..., num_gpus=N)``, what
     ``nnUNetv2_train -num_gpus N`` does), which finds the trainer by name through ``nnUNet_extTrainer``.
@@ -115,28 +102,30 @@ def train(
     """
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
-    output = model_folder(manifest, plans_name) / f"fold_{fold}"
+    output, fold, plans_name = workspace.fold_folder, workspace.fold, workspace.plans
     done = output / DONE_FILE
     summary = output / "validation" / "summary.json"
-    record = {"settings": json.loads(json.dumps(settings.to_dict())), "inputs": training_inputs(paths, manifest, plans_name)}
-    gt_folder = paths.nnunet_preprocessed / manifest.dataset_name / "gt_segmentations"
+    record = {"settings": json.loads(json.dumps(settings.to_dict())), "inputs": training_inputs(workspace)}
+    gt_folder = workspace.preprocessed / "gt_segmentations"
     if not force and done.is_file() and (summary.is_file() or not final_validation):
         previous = json.loads(done.read_text())
         if {k: previous.get(k) for k in record} == record:
             print(f"already trained with these settings and data ({output}); force=True retrains", flush=True)
             pp = ensure_postprocessing(output, gt_folder) if final_validation else None
-            return TrainingResult(output, output / METRICS_FILE, previous["stop_reason"], output / "checkpoint_best.pth", summary if final_validation else None, pp)
+            return _recorded(workspace, settings, TrainingResult(output, output / METRICS_FILE, previous["stop_reason"], output / SELECTED_CHECKPOINT, summary if final_validation else None, pp))
     done.unlink(missing_ok=True)  # from here on the fold is not finished
     for stale in (PP_PICKLE, PP_JSON):  # an older model's postprocessing must not outlive it
         (output / stale).unlink(missing_ok=True)
 
     seed_everything(settings.seed)
     if num_gpus > 1:
-        stop_reason = train_ddp(manifest, plans_name, settings, fold, num_gpus, resume, output)
+        stop_reason = train_ddp(workspace, settings, num_gpus, resume)
         pp = ensure_postprocessing(output, gt_folder) if summary.is_file() else None  # nnU-Net's launcher validates at the end
         write_json(done, {**record, "stop_reason": stop_reason})
-        return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary, pp)
-    trainer = build_trainer(paths.nnunet_preprocessed / manifest.dataset_name, plans_name, fold, device, continue_training=resume)
+        return _recorded(workspace, settings, TrainingResult(output, output / METRICS_FILE, stop_reason, output / SELECTED_CHECKPOINT, summary, pp))
+    trainer = build_trainer(workspace.preprocessed, plans_name, fold, device, continue_training=resume)
+    if Path(trainer.output_folder).resolve() != output.resolve():  # nnU-Net takes its folder from nnUNet_results
+        raise RuntimeError(f"nnU-Net would train into {trainer.output_folder}, not {output}: call runtime.configure_nnunet(paths) first")
     trainer.configure(settings)
     if resume:
         maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
@@ -147,7 +136,46 @@ def train(
         pp = ensure_postprocessing(output, gt_folder, force=True)
     stop_reason = trainer.stop_reason or f"reached the maximum of {trainer.num_epochs} epochs"
     write_json(done, {**record, "stop_reason": stop_reason})
-    return TrainingResult(output, output / METRICS_FILE, stop_reason, output / "checkpoint_best.pth", summary if final_validation else None, pp)
+    return _recorded(workspace, settings, TrainingResult(output, output / METRICS_FILE, stop_reason, output / SELECTED_CHECKPOINT, summary if final_validation else None, pp))
+
+
+def selection_summary(workspace: Workspace, result: TrainingResult) -> dict[str, Any]:
+    """Which checkpoint, selected at which epoch on which split, with its validation numbers (pseudo-Dice is
+    nnU-Net's patch estimate, the full-volume Dice its final validation) and the estimator check."""
+    from ..postprocessing import describe, load_postprocessing
+
+    if not result.metrics_file.is_file():  # nnU-Net's DDP launcher with another trainer's logging
+        return {"selected checkpoint": result.selected_checkpoint.name, "stopped because": result.stop_reason}
+    metrics = pd.read_csv(result.metrics_file)
+    best = int(metrics["val_criterion"].idxmax())
+    row = metrics.loc[best]
+    full_volume = result.final_dice()
+    folds = json.loads((workspace.preprocessed / "splits_final.json").read_text())
+    n_val = len(folds[int(workspace.fold)]["val"]) if str(workspace.fold).isdigit() else 0
+    agreement_file = result.output_folder / AGREEMENT_FILE
+    agreement = json.loads(agreement_file.read_text()) if agreement_file.is_file() else None
+    pseudo = [c.removeprefix("pseudo_dice_") for c in metrics.columns if c.startswith("pseudo_dice_")]
+    return {
+        "selected checkpoint": result.selected_checkpoint.name,
+        "selected at epoch": best,
+        "selected on": f"fold {workspace.fold} validation split ({n_val} cases)",
+        "criterion": round(float(row["val_criterion"]), 4),
+        "case-level macro-F1 (val)": round(float(row["val_macro_f1"]), 4),
+        "case-level accuracy (val)": round(float(row["val_accuracy"]), 4),
+        **{f"pseudo-Dice {name} (val patches)": round(float(row[f"pseudo_dice_{name}"]), 4) for name in pseudo},
+        **{f"full-volume Dice {name} (val, nnU-Net)": round(dice, 4) for name, dice in full_volume.items()},
+        "postprocessing (nnU-Net, chosen on the validation split)": describe(load_postprocessing(result.output_folder / PP_PICKLE)) if result.postprocessing else "not determined",
+        "training pass vs deployed estimator (same subtype, val)": f"{agreement['same_subtype']}/{agreement['cases']} ({agreement['deployed_estimator'].split(':')[0]})" if agreement else "not checked",
+        "stopped because": result.stop_reason,
+    }
+
+
+def _recorded(workspace: Workspace, settings: MultitaskSettings, result: TrainingResult) -> TrainingResult:
+    """The result with its selection summary, written to ``train.json``."""
+    result.selection = selection_summary(workspace, result)
+    result.record_file = workspace.record("train")
+    write_json(result.record_file, {"model_folder": str(result.output_folder), "settings": settings.to_dict(), **result.selection})
+    return result
 
 
 def ensure_postprocessing(fold_folder: Path, gt_folder: Path, force: bool = False) -> Path:
@@ -160,55 +188,24 @@ def ensure_postprocessing(fold_folder: Path, gt_folder: Path, force: bool = Fals
     return fold_folder / PP_JSON
 
 
-def train_ddp(manifest: Manifest, plans_name: str, settings: MultitaskSettings, fold: int | str, num_gpus: int, resume: bool, output: Path) -> str:
+def train_ddp(workspace: Workspace, settings: MultitaskSettings, num_gpus: int, resume: bool) -> str:
     """Multi-GPU training through nnU-Net's DDP launcher; the trainer reads ``settings`` from the fold folder.
 
     nnU-Net's launcher always runs its final validation (with the restored best weights) and trains on CUDA.
     """
     from nnunetv2.run.run_training import run_training
 
-    output.mkdir(parents=True, exist_ok=True)
-    settings.save(output)  # nnUNetTrainerMultitask.__init__ loads them in every DDP process
-    searched = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p and p != str(TRAINERS_FOLDER)]
-    os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINERS_FOLDER), *searched])
-    run_training(manifest.dataset_name, CONFIGURATION, fold, TRAINER_NAME, plans_name, num_gpus=num_gpus, continue_training=resume)
+    workspace.fold_folder.mkdir(parents=True, exist_ok=True)
+    settings.save(workspace.fold_folder)  # nnUNetTrainerMultitask.__init__ loads them in every DDP process
+    add_trainer_folder(TRAINERS_FOLDER)  # nnU-Net's launcher finds the trainer by name
+    run_training(workspace.dataset_name, CONFIGURATION, workspace.fold, TRAINER_NAME, workspace.plans, num_gpus=num_gpus, continue_training=resume)
     return f"trained on {num_gpus} GPUs with nnU-Net's DDP; the stop reason is in the training log"
 
 
-def training_inputs(paths: ProfilePaths, manifest: Manifest, plans_name: str) -> str:
+def training_inputs(workspace: Workspace) -> str:
     """Hash of what training reads besides its settings: plans, dataset.json, splits, preprocessing state."""
-    pre = paths.nnunet_preprocessed / manifest.dataset_name
     digest = hashlib.sha256()
-    for name in (f"{plans_name}.json", "dataset.json", "splits_final.json", "prepare_state.json", "subtypes.csv"):
-        digest.update(name.encode() + ((pre / name).read_bytes() if (pre / name).is_file() else b"-"))
+    for name in (f"{workspace.plans}.json", "dataset.json", "splits_final.json", "prepare_state.json", "subtypes.csv"):
+        path = workspace.preprocessed / name
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
     return digest.hexdigest()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the multitask nnU-Net with a profile's parameters (no trainer name lookup).")
-    parser.add_argument("--profile", default="demo", help="reads notebooks/params/<profile>.yaml and the manifest's paths")
-    parser.add_argument("--manifest", type=Path, default=Path("data_manifest.yaml"))
-    parser.add_argument("--params", type=Path, help="extra YAML whose keys override the profile's")
-    parser.add_argument("--fold", default="0")
-    parser.add_argument("--epochs", type=int, help="override the profile's epochs")
-    parser.add_argument("--c", dest="resume", action="store_true", help="continue from the latest checkpoint")
-    parser.add_argument("--force", action="store_true", help="retrain even if this fold finished with the same settings and data")
-    parser.add_argument("--num_gpus", type=int, default=1, help="GPUs for nnU-Net's DDP training (default 1)")
-    args = parser.parse_args(argv)
-    params = yaml.safe_load((Path("notebooks") / "params" / f"{args.profile}.yaml").read_text()) or {}
-    if args.params:
-        params.update(yaml.safe_load(args.params.read_text()) or {})
-    if args.epochs:
-        params["epochs"] = args.epochs
-    manifest = load_manifest(args.manifest).with_dataset_id(params.get("dataset_id", 0))
-    paths = manifest.paths(args.profile)
-    device = detect_device(params.get("device", "auto"))
-    configure_nnunet(paths, device)
-    settings = settings_from_parameters(params, len(manifest.subtypes))
-    fold = args.fold if args.fold == "all" else int(args.fold)
-    result = train(manifest, paths, params.get("plans", "nnUNetResEncUNetMPlans"), settings, fold, device, args.resume, force=args.force, num_gpus=args.num_gpus)
-    print(f"{result.stop_reason}\nmodel: {result.output_folder}\nper-epoch metrics: {result.metrics_file}")
-
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,7 @@
 
 Seed-compatible interface::
 
-    python -m pancreas_multitask.evaluate --validation_data GT_DIR --prediction_folder PRED_DIR \\
+    python -m pancreas_multitask.evaluation --validation_data GT_DIR --prediction_folder PRED_DIR \\
         --prediction_csv CSV --output_folder OUT
 
 ``GT_DIR`` is in the quiz layout (``subtypeK/`` folders give the true class). For the test split,
@@ -16,11 +16,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .evaluation.ground_truth import ANSWER_KEY_CSV, ANSWER_KEY_MASKS
+from ..manifest import load_manifest
+from ..dataset.ground_truth import ANSWER_KEY_CSV, ANSWER_KEY_MASKS
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pancreas_multitask.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pancreas_multitask.evaluation", description=__doc__.split("\n\n")[0])
     truth = parser.add_mutually_exclusive_group(required=True)
     truth.add_argument("--validation_data", type=Path, help="ground truth in the quiz layout: GT_DIR/subtypeK/<case>.nii.gz")
     truth.add_argument("--answer_key", type=Path, help=f"answer-key CSV (Names, Subtype) for the test split, or the folder holding {ANSWER_KEY_CSV}")
@@ -34,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--training_metrics", type=Path, help="the trainer's per-epoch training_metrics.csv, for the report's curves")
     parser.add_argument("--inference_json", type=Path, help="inference.json, for the report's timing table")
     parser.add_argument("--benchmark_json", type=Path, help="a benchmark JSON with a 'rows' list, for the report")
-    parser.add_argument("--manifest", type=Path, help="data_manifest.yaml, hashed into the report's provenance")
+    parser.add_argument("--manifest", type=Path, help="data_manifest.yaml: its layout parses --validation_data, and it is hashed into the report's provenance (default: the repository's)")
     parser.add_argument("--profile", help="the profile, for the provenance")
     parser.add_argument("--device", help="the device the model ran on, for the provenance")
     parser.add_argument("--worst_n", type=int, default=3, help="worst cases shown as overlays (default: 3)")
@@ -48,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def summary_lines(summary: dict, written: list[Path]) -> list[str]:
     """The short summary the CLI prints."""
-    from .evaluation.report import fmt, fmt_ci
+    from .report import fmt, fmt_ci
 
     lines = [f"cases: {summary['n_ground_truth_cases']} in the ground truth, {summary['segmentation']['dsc_pancreas']['n']} with a predicted mask"]
     for target in summary["targets"].values():
@@ -72,15 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .evaluation.evaluate import METRICS_JSON, PER_CASE_CSV, clear_outputs, evaluate_folder
-    from .evaluation.ground_truth import read_answer_key, read_quiz_layout
-    from .evaluation.report import REPORT_NAME, collect_provenance, write_report
-    from .postprocessing import UNPROCESSED
+    from .evaluate import METRICS_JSON, PER_CASE_CSV, clear_outputs, evaluate_folder
+    from ..dataset.ground_truth import read_answer_key, read_quiz_layout
+    from .report import REPORT_NAME, collect_provenance, write_report
+    from ..postprocessing import UNPROCESSED
 
     try:
         clear_outputs(args.output_folder, (METRICS_JSON, PER_CASE_CSV, REPORT_NAME))  # a killed re-run leaves no stale mix
         if args.validation_data is not None:
-            cases, source = read_quiz_layout(args.validation_data), str(args.validation_data)
+            cases, source = read_quiz_layout(args.validation_data, load_manifest(args.manifest or REPO / "data_manifest.yaml")), str(args.validation_data)
             evaluated = args.evaluated_split or args.validation_data.resolve().name
         else:
             key = args.answer_key / ANSWER_KEY_CSV if args.answer_key.is_dir() else args.answer_key
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_folder(cases, args.prediction_folder, args.prediction_csv, args.output_folder, resamples=args.resamples, seed=args.seed, ground_truth_source=source,
                                  unprocessed_folder=unprocessed if unprocessed.is_dir() else None, postprocessing_chosen_on=args.checkpoint_split)
         parameters = {key: str(value) for key, value in vars(args).items() if value is not None}
-        provenance = collect_provenance(Path(__file__).resolve().parents[2], args.manifest, args.profile, parameters, args.device)
+        provenance = collect_provenance(REPO, args.manifest, args.profile, parameters, args.device)
         report = write_report(
             result, args.output_folder / REPORT_NAME, checkpoint_split=args.checkpoint_split, evaluated_split=evaluated,
             training_metrics=args.training_metrics, inference=args.inference_json, benchmark=args.benchmark_json,

@@ -1,7 +1,8 @@
 """Ground truth for evaluation: the quiz layout (``subtypeK/`` folders) or a test-split answer key.
 
 Quiz layout: ``GT_DIR/subtypeK/quiz_K_NNN.nii.gz`` is a mask of true class K; the image
-``quiz_K_NNN_0000.nii.gz`` beside it is not ground truth but is kept for overlays.
+``quiz_K_NNN_0000.nii.gz`` beside it is not ground truth but is kept for overlays. The file names are
+parsed by the raw-data scan (``dataset.scan``) with the manifest's layout, as everywhere else.
 Answer key (what the phantom writes for the test split): ``subtype_labels.csv`` with the columns
 ``Names`` (mask file name, e.g. ``quiz_041.nii.gz``) and ``Subtype``, and the masks in a folder;
 images optionally in another folder as ``<case>_0000.nii.gz``.
@@ -10,15 +11,15 @@ images optionally in another folder as ``<case>_0000.nii.gz``.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from .scan import labeled_split_files
+from ..manifest import Manifest
+
 FILE_ENDING = ".nii.gz"
-SUBTYPE_FOLDER = re.compile(r"^subtype(\d+)$")
-CHANNEL_FILE = re.compile(r"_\d{4}\.nii\.gz$")  # nnU-Net image channel files: CASE_0000.nii.gz
 ANSWER_KEY_CSV = "subtype_labels.csv"
 ANSWER_KEY_MASKS = "masks"
 
@@ -46,22 +47,15 @@ def _image_beside(folder: Path | None, case: str) -> Path | None:
     return image if image.is_file() else None
 
 
-def read_quiz_layout(gt_dir: str | os.PathLike[str]) -> list[GroundTruthCase]:
-    """Every mask under ``gt_dir/subtypeK/``, with its true class K and its image when present."""
+def read_quiz_layout(gt_dir: str | os.PathLike[str], manifest: Manifest) -> list[GroundTruthCase]:
+    """Every mask under ``gt_dir/subtypeK/`` (the manifest's layout), with its true class K and its image when present."""
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():
         raise FileNotFoundError(f"{gt_dir}: ground-truth folder not found")
-    cases = []
-    for folder in sorted(p for p in gt_dir.iterdir() if p.is_dir() and SUBTYPE_FOLDER.match(p.name)):
-        subtype = int(SUBTYPE_FOLDER.match(folder.name).group(1))
-        for mask in sorted(folder.glob(f"*{FILE_ENDING}")):
-            if CHANNEL_FILE.search(mask.name):
-                continue
-            case = case_id(mask.name)
-            cases.append(GroundTruthCase(case, mask.name, mask, _image_beside(folder, case), subtype))
+    ending = manifest.file_ending
+    cases = [GroundTruthCase(case, f"{case}{ending}", mask, image, subtype) for case, subtype, image, mask in labeled_split_files(gt_dir, manifest) if mask is not None]
     if not cases:
         raise ValueError(f"{gt_dir}: no masks in subtypeK/ folders (expected the quiz layout, e.g. {gt_dir}/subtype0/quiz_0_041.nii.gz)")
-    _check_unique(cases, str(gt_dir))
     return cases
 
 
@@ -107,11 +101,3 @@ def read_names_csv(csv_file: str | os.PathLike[str]) -> pd.DataFrame:
     if duplicated:
         raise ValueError(f"{csv_file}: case(s) listed more than once: {duplicated}")
     return frame
-
-
-def _check_unique(cases: list[GroundTruthCase], source: str) -> None:
-    seen: dict[str, Path] = {}
-    for c in cases:
-        if c.case in seen:
-            raise ValueError(f"{source}: case {c.case} occurs twice: {seen[c.case]} and {c.gt_file}")
-        seen[c.case] = c.gt_file
