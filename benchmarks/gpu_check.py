@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     # (d) the folder benchmark on the real images with that model
     import inference_speed
 
-    cases, truth = inference_speed.folder_cases(raw, ["validation", "test"], manifest.file_ending)
+    cases, truth = inference_speed.folder_cases(Workspace(manifest, paths, plans), ["validation", "test"])
     only = ["fast", "fastest"] + (["fast_compiled"] if args.device == "cuda" else [])
     folder = inference_speed.run(result.output_folder.parent, cases, truth, args.device, work / "inference", only)
     _write(args.out, "d_inference_speed", {**common, "benchmark": "inference_speed", "profile": "real_ct", "device_name": common["device"],

@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,10 @@ def measure(pre: Path, plans: str, device: str, settings, iterations: int = 10, 
 
     The multitask trainer's case-level validation runs in some epochs only; its cost is the mean of
     those epochs minus the mean of the others, and the per-epoch time is given at the rate of the
-    profile's whole schedule (``profile_epochs``, default the timed epochs).
+    profile's whole schedule (``profile_epochs``, default the timed epochs). The end-of-training estimator
+    check is not an epoch cost and is left out.
     """
+    settings = replace(settings, deployed_check_cases=0)
     timed = per_iteration(_trainers(pre, plans, device, settings, patch_size, batch_size), device, iterations, blocks)
     epoch_trainers = _trainers(pre, plans, device, settings, patch_size, batch_size)
     config = epoch_trainers["nnUNetTrainerMultitask"].configuration_manager
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/train_speed_<device>.json)")
     args = parser.parse_args(argv)
 
-    from dataclasses import replace
+
 
     from pancreas_multitask.io import write_json, write_text
     from pancreas_multitask.manifest import load_manifest

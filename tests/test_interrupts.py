@@ -84,7 +84,7 @@ from pancreas_multitask.workspace import Workspace
 
 if __name__ == "__main__":
     paths = ProfilePaths(raw=Path(sys.argv[1]), work=Path(sys.argv[2]), test_answers=None, results=Path(sys.argv[4]))
-    settings = MultitaskSettings(num_epochs=6, save_every=1, iterations_per_epoch=2, val_iterations_per_epoch=1, case_val_every=2, initial_lr=1e-3)
+    settings = MultitaskSettings(num_epochs=6, save_every=1, iterations_per_epoch=2, val_iterations_per_epoch=1, case_val_every=2, initial_lr=1e-3, deployed_check_cases=0)
     result = train(Workspace(load_manifest(Path(sys.argv[3])), paths, CPU_PLANS), settings, device="cpu", resume=True, final_validation=False)
     print("trained:", result.stop_reason, flush=True)
 """
@@ -142,8 +142,8 @@ if __name__ == "__main__":
 SMALL = PhantomConfig(train=(2, 2, 2), validation=(1, 1, 1), test=1, shape=(16, 28, 32), spacing=(3.0, 2.0, 2.0), seed=5)
 
 
-@pytest.mark.slow  # about 70 s (nnU-Net's planning and preprocessing, twice): outside CI's 20-minute budget
-def test_prepare_killed_during_preprocessing_finishes_on_the_rerun(tmp_path: Path) -> None:
+def test_prepare_killed_during_preprocessing_resumes_there(tmp_path: Path) -> None:
+    """SIGKILL while nnU-Net preprocesses: the re-run keeps the plans it made and preprocesses again, every case once."""
     ensure_phantom(tmp_path / "phantom" / "quiz", tmp_path / "phantom" / "answers", SMALL)
     raw, work = tmp_path / "phantom" / "quiz", tmp_path / "work"
     before = snapshot(raw)
@@ -159,10 +159,13 @@ def test_prepare_killed_during_preprocessing_finishes_on_the_rerun(tmp_path: Pat
     os.killpg(first.pid, signal.SIGKILL)  # the stage and nnU-Net's worker processes
     first.wait()
     assert first.returncode == -signal.SIGKILL, "prepare finished before the kill"
+    plans = preprocessed / "nnUNetResEncUNetMPlans_cpu.json"
+    planned = plans.stat().st_mtime_ns
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "prepared" in again.stdout, again.stderr[-2000:]
     cases = sorted(p.name.removesuffix("_0000.nii.gz") for p in (work / "nnUNet_raw" / "Dataset501_PancreasQuiz" / "imagesTr").glob("*_0000.nii.gz"))
     for folder in preprocessed.glob("nnUNetPlans_3d_fullres*"):
         assert sorted(p.stem for p in folder.glob("*.pkl")) == cases, folder  # every case preprocessed, none twice
+    assert plans.stat().st_mtime_ns == planned  # resumed at preprocessing: fingerprint and planning not redone
     leftovers = [p for p in (work / "nnUNet_raw").rglob(".tmp.*")]
     assert not leftovers and snapshot(raw) == before

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,10 +80,14 @@ def test_smoke_pipeline_of_all_notebooks(tmp_path: Path, capsys) -> None:
     _check_inference(repo, run_dir)
     _check_evaluation(repo, run_dir, printed)
 
-    # a second run converts and preprocesses nothing
-    assert run(repo, "smoke", only="01") == 0
+    # the prepare CLI with the same profile builds exactly what run_all.sh built: it finds everything up to date
+    plans_bytes = (pre / f"{CPU_PLANS}.json").read_bytes()
+    cli = subprocess.run([sys.executable, "-m", "pancreas_multitask.experiment_planning", "--profile", "smoke"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "up to date" in cli.stdout and "preprocessing up to date" in cli.stdout, cli.stdout
     summary = json.loads((repo / "work" / "prepare.json").read_text())
     assert summary["conversion"]["converted"] == 0 and summary["preprocessing_skipped"] is True
+    assert (pre / f"{CPU_PLANS}.json").read_bytes() == plans_bytes and summary["plan"]["patch_size"] == SMOKE["cpu_plan"]["patch_size"]
 
 
 def _check_training(repo: Path, run_dir: Path) -> None:

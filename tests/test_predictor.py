@@ -33,7 +33,8 @@ from conftest import snapshot
 def model(tiny_prepared, manifest, tmp_path_factory) -> Path:
     paths = replace(tiny_prepared, results=tmp_path_factory.mktemp("predictor_results"))
     settings = MultitaskSettings(
-        num_epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, head=HeadConfig(pooling="lesion"), final_validation_mirroring=False
+        num_epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, head=HeadConfig(pooling="lesion"), final_validation_mirroring=False,
+        deployed_check_cases=0,
     )
     with configured_nnunet(paths, "cpu"):
         result = train(Workspace(manifest, paths, CPU_PLANS), settings, device="cpu")  # with nnU-Net's final validation, which an export needs
@@ -231,7 +232,7 @@ def test_two_parts_cover_every_case_once(predictor, tiny_phantom: Path, tmp_path
     assert len(list(csv.DictReader((tmp_path / CSV_NAME).open()))) == len(cases)
 
 
-def test_tile_batching_changes_nothing_but_speed(model, real_case_dir: Path) -> None:
+def test_tile_batching_changes_nothing_but_speed(model, real_case_dir: Path, tiny_phantom: Path) -> None:
     image = [str(real_case_dir / "quiz_0_324_0000.nii.gz")]
     one, four = make_predictor(model, InferenceMode(0.5, False, 1)), make_predictor(model, InferenceMode(0.5, False, 4))
     logits_one, properties, probs_one = one.predict_logits(image)
@@ -243,11 +244,13 @@ def test_tile_batching_changes_nothing_but_speed(model, real_case_dir: Path) -> 
     same = one.export_segmentation(logits_one, properties) == four.export_segmentation(logits_four, properties)
     assert same.mean() > 0.999  # an untrained model sits near the threshold, so a few voxels may flip
 
+    small = [str(_images(tiny_phantom)[0][1])]  # the pass counts do not need the real case's many tiles
+    one.predict_logits(small)
     tiles = sum(len(t) for t in one._tiles[0])  # one row of class logits per tile and forward pass
     passes = {}
     for mode in ("accurate", "fast", "fastest"):
         predictor = make_predictor(model, mode)
-        predictor.predict_logits(image)
+        predictor.predict_logits(small)
         passes[mode] = sum(len(t) for t in predictor._tiles[0]) // tiles
     assert passes == {"accurate": 8, "fast": 8, "fastest": 2}  # nnU-Net's 7 flips and the original; fastest: one flip
 
@@ -435,7 +438,7 @@ def test_inference_killed_hard_resumes_without_half_written_masks(model, tiny_ph
             shutil.copy(image, folder / f"{case_id}{i}_0000.nii.gz")
     before = snapshot(folder)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "pancreas_multitask.inference", "-i", str(folder), "-o", str(out), "-m", str(model), "-device", "cpu", "--mode", "accurate"]
+    command = [sys.executable, "-m", "pancreas_multitask.inference", "-i", str(folder), "-o", str(out), "-m", str(model), "-device", "cpu", "--mode", "fast"]
     env = {**os.environ, "PANCREAS_HEADLESS": "1"}
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 300
@@ -474,3 +477,30 @@ def test_a_failed_sliding_window_attempt_leaves_no_tiles(model, real_case_dir: P
     monkeypatch.setattr(predictor, "_internal_maybe_mirror_and_predict", predict)
     _, _, probabilities = predictor.predict_logits(image)
     assert len(calls) == 2 and probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cases_the_scan_left_out_are_neither_predicted_nor_scored(model, tiny_phantom: Path, manifest, tmp_path: Path) -> None:
+    """``on_bad_case: skip``: inference and evaluation take their cases from the scan's case table, not the raw folder."""
+    import warnings
+
+    from pancreas_multitask.dataset.scan import scan_raw, write_case_table
+    from pancreas_multitask.evaluation.stage import evaluation_jobs
+    from pancreas_multitask.inference.stage import predict
+
+    raw = tmp_path / "quiz"
+    shutil.copytree(tiny_phantom / "quiz", raw)
+    broken = sorted((raw / "validation").glob("*/*_0000.nii.gz"))[0]
+    broken.with_name(broken.name.replace("_0000", "")).unlink()  # an image without its mask
+    paths = ProfilePaths(raw=raw, work=tmp_path / "work", test_answers=tiny_phantom / "test_answers")
+    workspace = Workspace(manifest, paths, CPU_PLANS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_case_table(workspace.case_table, scan_raw(raw, manifest, "skip"))  # what the prepare stage records
+    left_out = broken.name.removesuffix("_0000.nii.gz")
+    record = predict(workspace, {"model_folder": str(model), "input_splits": ["validation", "test"], "mode": "fast"}, "cpu")
+    predicted = {p.name.removesuffix(".nii.gz") for p in workspace.predictions("validation").glob("*.nii.gz")}
+    assert left_out not in predicted and len(predicted) == len(list((tiny_phantom / "quiz" / "validation").glob("*/*_0000.nii.gz"))) - 1
+    assert not record.failures and record.record_file == workspace.record("inference")
+    jobs, _ = evaluation_jobs(workspace, {"input_splits": ["validation", "test"]})
+    assert {c.case for c in jobs["validation"].cases} == predicted and len(jobs["test"].cases) == len(list((raw / "test").glob("*.nii.gz")))
+

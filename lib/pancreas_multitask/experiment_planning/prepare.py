@@ -66,20 +66,24 @@ def plan_and_preprocess(
     plans_file = pre_dir / f"{plans_name}.json"
     state_file = pre_dir / PREPARE_STATE
     key = _state_key(raw_dir, plans_name, reduced)
-    if not force and state_file.exists() and plans_file.exists() and json.loads(state_file.read_text()).get("key") == key:
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    current = not force and state.get("key") == key and plans_file.exists()
+    if current and state.get("preprocessed", True):
         plans = json.loads(plans_file.read_text())
         if (pre_dir / plans["configurations"][CONFIGURATION]["data_identifier"]).is_dir():
             return PreprocessReport(plans_file, True, plan_summary(plans))
 
     show = not is_headless()
-    verify_dataset_integrity(str(raw_dir), processes)
-    extract_fingerprint_dataset(manifest.dataset_id, num_processes=processes, clean=True, verbose=False, show_progress_bar=show)
-    plans = plan_resenc_m(manifest.dataset_id)
-    if reduced is not None:
-        write_json(pre_dir / f"{CPU_PLANS}.json", derive_reduced_plans(plans, reduced))
+    if not current:  # a run killed during preprocessing resumes here, with its plans
+        verify_dataset_integrity(str(raw_dir), processes)
+        extract_fingerprint_dataset(manifest.dataset_id, num_processes=processes, clean=True, verbose=False, show_progress_bar=show)
+        plans = plan_resenc_m(manifest.dataset_id)
+        if reduced is not None:
+            write_json(pre_dir / f"{CPU_PLANS}.json", derive_reduced_plans(plans, reduced))
+        write_json(state_file, {"key": key, "plans": plans_name, "preprocessed": False})
     preprocess_dataset(manifest.dataset_id, plans_name, configurations=(CONFIGURATION,), num_processes=(processes,), show_progress_bar=show)
     shutil.copyfile(raw_dir / SUBTYPE_TABLE, pre_dir / SUBTYPE_TABLE)
-    write_json(state_file, {"key": key, "plans": plans_name})
+    write_json(state_file, {"key": key, "plans": plans_name, "preprocessed": True})
     return PreprocessReport(plans_file, False, plan_summary(json.loads(plans_file.read_text())))
 
 
