@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     from pancreas_multitask.workspace import Workspace
     from pancreas_multitask.manifest import ProfilePaths, load_manifest
     from pancreas_multitask.profiles import load_parameters
-    from pancreas_multitask.runtime import configure_nnunet, configured_nnunet, git_revision, library_versions
+    from pancreas_multitask.runtime import configure_nnunet, configured_nnunet, git_revision, library_versions, set_nnunet_variables
     from pancreas_multitask.model.settings import settings_from_parameters
 
     started = time.perf_counter()
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = ProfilePaths(raw=raw, work=work / "work", test_answers=None)
     configure_nnunet(paths, args.device)
     if args.device == "cpu":
-        os.environ["nnUNet_n_proc_DA"] = "1"
+        set_nnunet_variables({"nnUNet_n_proc_DA": "1"})
     import torch
 
     args.out.mkdir(parents=True, exist_ok=True)

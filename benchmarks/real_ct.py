@@ -88,12 +88,12 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    import yaml
 
     from pancreas_multitask.manifest import load_manifest
+    from pancreas_multitask.profiles import load_parameters
     from pancreas_multitask.runtime import configure_nnunet, detect_device, library_versions
 
-    params = yaml.safe_load((REPO / "notebooks" / "params" / f"{args.profile}.yaml").read_text())
+    params = load_parameters(REPO / "notebooks" / "params", args.profile)
     manifest = load_manifest(REPO / "data_manifest.yaml")
     results_root = manifest.paths(args.profile).work / "benchmark_real_ct"  # the profile's own model stays untouched
     paths = replace(manifest.paths(args.profile), results=results_root)
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pancreas_multitask.evaluation.metrics import bootstrap_ci, mean_ci
     from pancreas_multitask.experiment_planning.prepare import prepare
+    from pancreas_multitask.model.folders import fold_folder, model_folder
     from pancreas_multitask.workspace import Workspace
     from pancreas_multitask.io import write_json, write_text
     from pancreas_multitask.training.train import build_trainer, seed_everything
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         seed_everything(args.seed)
         trainer_class = classes[name]
         # a fresh fold folder per row
-        shutil.rmtree(results_root / manifest.dataset_name / f"{trainer_class.__name__}__{plans}__3d_fullres" / "fold_0", ignore_errors=True)
+        shutil.rmtree(fold_folder(model_folder(results_root, manifest.dataset_name, plans, trainer_class.__name__), 0), ignore_errors=True)
         trainer = build_trainer(pre, plans, 0, device, trainer_class=trainer_class)
         if name == "multitask":
             trainer.configure(settings)

@@ -17,7 +17,6 @@ Writes ``benchmarks/results/train_speed_<device>.json`` and a Markdown table bes
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     from pancreas_multitask.io import write_json, write_text
     from pancreas_multitask.manifest import load_manifest
     from pancreas_multitask.profiles import load_parameters
-    from pancreas_multitask.runtime import configure_nnunet, detect_device, git_revision, library_versions
+    from pancreas_multitask.runtime import configure_nnunet, detect_device, git_revision, library_versions, set_nnunet_variables
     from pancreas_multitask.model.settings import settings_from_parameters
 
     manifest = load_manifest(REPO / "data_manifest.yaml")
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_parameters(REPO / "notebooks" / "params", args.profile)
     device = detect_device(args.device)
     configure_nnunet(paths, device)
-    os.environ["nnUNet_compile"] = "f"  # the multitask trainer does not compile by default; compare like with like
+    set_nnunet_variables({"nnUNet_compile": "f"})  # the multitask trainer does not compile by default; compare like with like
     import torch
 
     settings = settings_from_parameters(params, len(manifest.subtypes))

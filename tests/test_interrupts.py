@@ -18,9 +18,11 @@ import pandas as pd
 import pytest
 
 from pancreas_multitask.dataset.phantom import PhantomConfig, ensure_phantom
+from pancreas_multitask.experiment_planning.plans import CPU_PLANS
+from pancreas_multitask.model.folders import fold_folder, model_folder
 from pancreas_multitask.runtime import nnunet_environment
 
-from conftest import REPO, snapshot
+from conftest import MANIFEST, REPO, snapshot
 
 CONVERT = """
 import os, shutil, signal, sys
@@ -97,7 +99,7 @@ def test_training_killed_mid_epoch_resumes_from_checkpoint_latest(tiny_prepared,
     results = tmp_path / "results"
     env = {**os.environ, **nnunet_environment(tiny_prepared, "cpu"), "nnUNet_results": str(results), "nnUNet_n_proc_DA": "0"}
     command = [sys.executable, str(script), str(tiny_prepared.raw), str(tiny_prepared.work), str(REPO / "data_manifest.yaml"), str(results)]
-    fold = results / "Dataset501_PancreasQuiz" / "nnUNetTrainerMultitask__nnUNetResEncUNetMPlans_cpu__3d_fullres" / "fold_0"
+    fold = fold_folder(model_folder(results, MANIFEST.dataset_name, CPU_PLANS), 0)
     metrics = fold / "training_metrics.csv"
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -128,6 +130,8 @@ from pancreas_multitask.experiment_planning.plans import CPU_PLANS
 from pancreas_multitask.experiment_planning.prepare import prepare
 from pancreas_multitask.workspace import Workspace
 from pancreas_multitask.manifest import ProfilePaths, load_manifest
+from pancreas_multitask.experiment_planning.plans import CPU_PLANS
+from pancreas_multitask.model.folders import fold_folder, model_folder
 from pancreas_multitask.runtime import nnunet_environment
 
 if __name__ == "__main__":

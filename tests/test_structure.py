@@ -133,3 +133,13 @@ def test_nnunet_predictor_internals_the_predictor_overrides_are_there() -> None:
         assert callable(getattr(nnUNetPredictor, name, None)), f"nnUNetPredictor.{name} is gone"
     predictor = nnUNetPredictor(device=__import__("torch").device("cpu"))
     assert {"tile_step_size", "use_gaussian", "use_mirroring", "perform_everything_on_device", "allow_tqdm"} <= set(vars(predictor))
+
+
+def test_nnunet_variables_are_written_in_runtime_only() -> None:
+    """nnU-Net reads its ``nnUNet_*`` variables; the library and the benchmarks set them through ``runtime`` only."""
+    import re
+
+    write = re.compile(r"os\.environ(\.update\(|\.setdefault\(\s*[\"']nnUNet|\.pop\(\s*[\"']nnUNet|\[\s*[\"']nnUNet[^\]]*\]\s*=)")
+    offenders = [f"{path.relative_to(REPO)}:{n}: {line.strip()}" for path in [*LIB.rglob("*.py"), *(REPO / "benchmarks").glob("*.py")] if path.name != "runtime.py"
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if write.search(line)]
+    assert not offenders, "\n".join(offenders)

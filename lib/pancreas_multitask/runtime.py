@@ -86,6 +86,16 @@ def configure_nnunet(paths: ProfilePaths, device: str) -> dict[str, str]:
     return env
 
 
+def set_nnunet_variables(values: dict[str, str], keep_existing: bool = False) -> None:
+    """Set ``nnUNet_*`` options (``nnUNet_compile``, ``nnUNet_n_proc_DA``, …) before nnU-Net reads them;
+    ``keep_existing`` leaves the ones the user set. With ``configure_nnunet`` the only writer of these variables."""
+    for key, value in values.items():
+        if not key.startswith("nnUNet_"):
+            raise ValueError(f"{key}: not an nnU-Net variable")
+        if not (keep_existing and key in os.environ):
+            os.environ[key] = value
+
+
 def add_trainer_folder(folder: Path) -> None:
     """Put ``folder`` first in ``nnUNet_extTrainer``, where nnU-Net's name lookup (its CLI, its DDP launcher) searches."""
     searched = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p and p != str(folder)]

@@ -12,7 +12,6 @@ nnU-Net's postprocessing stored with the model (``fold_K/postprocessing.pkl``) i
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -43,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = runtime.detect_device(args.device)
     if device == "cpu":  # before nnunetv2 is imported; nnU-Net's default of 8 processes oversubscribes small machines
-        cores = str(runtime.available_cores())
-        for key, value in {"nnUNet_compile": "f", "nnUNet_def_n_proc": cores}.items():
-            os.environ.setdefault(key, value)
+        runtime.set_nnunet_variables({"nnUNet_compile": "f", "nnUNet_def_n_proc": str(runtime.available_cores())}, keep_existing=True)
     from ..postprocessing import describe
     from .model_sharing import resolve_model
     from .predictor import input_cases, make_predictor, predict_cases

@@ -50,7 +50,7 @@ class MultitaskSettings:
     case_val_every: int = 1  # case-level classification of the validation cases every N epochs
     case_val_step: float = 1.0  # sliding-window step for that case-level pass (no mirroring: the cheaper variant of the deployed estimator)
     deployed_mode: str = "fast"  # the inference mode that ships; its agreement with the case-level pass is measured at the end
-    deployed_check_cases: int = -1  # validation cases for that check: -1 all, 0 none
+    deployed_check_cases: int = -1  # validation cases for that check: -1 all, 0 none, N spread over the subtypes
     class_weight_smoothing: float = 1.0
     save_every: int = 50
     final_validation_mirroring: bool = True  # nnU-Net's mirroring TTA in the final validation (8x the cost)

@@ -122,7 +122,7 @@ def train(
         stop_reason = train_ddp(workspace, settings, num_gpus, resume)
         pp = ensure_postprocessing(output, gt_folder) if summary.is_file() else None  # nnU-Net's launcher validates at the end
         write_json(done, {**record, "stop_reason": stop_reason})
-        return _recorded(workspace, settings, TrainingResult(output, output / METRICS_FILE, stop_reason, output / SELECTED_CHECKPOINT, summary, pp))
+        return _recorded(workspace, settings, TrainingResult(output, output / METRICS_FILE, stop_reason, output / SELECTED_CHECKPOINT, summary if summary.is_file() else None, pp))
     trainer = build_trainer(workspace.preprocessed, plans_name, fold, device, continue_training=resume)
     if Path(trainer.output_folder).resolve() != output.resolve():  # nnU-Net takes its folder from nnUNet_results
         raise RuntimeError(f"nnU-Net would train into {trainer.output_folder}, not {output}: call runtime.configure_nnunet(paths) first")

@@ -2,7 +2,7 @@
 
 Two ways to start it:
 
-* the project's (notebook 02, ``python -m pancreas_multitask.training.train``): the class itself is
+* the project's (notebook 02, ``python -m pancreas_multitask.training``): the class itself is
   instantiated, so no name lookup (and no torchvision import) is needed;
 * nnU-Net's: ``nnUNet_extTrainer=<this folder> nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerMultitask -p PLANS``.
 
@@ -196,7 +196,7 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         try:
             return [predictor.predict_preprocessed(np.asarray(dataset.load_case(key)[0][:]))[1] for key in keys]
         finally:
-            self.set_deep_supervision_enabled(True)
+            self.set_deep_supervision_enabled(self.enable_deep_supervision)
             network.train(was_training)
 
     def _f1_accuracy(self, keys: list[str], probabilities: list[np.ndarray]) -> tuple[float, float]:
@@ -213,17 +213,19 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         """The selected weights through both the validation pass and the deployed mode on the validation cases:
         how often they give the same subtype, their largest probability difference and both macro-F1s.
         Logged, and written to ``estimator_agreement.json`` (None when ``deployed_check_cases`` is 0)."""
-        count = self.settings.deployed_check_cases
-        keys = self._case_keys[1][: None if count < 0 else count]
-        if not keys:
+        count, every = self.settings.deployed_check_cases, sorted(self._case_keys[1])
+        if count == 0 or not every:
             return None
+        # all, or evenly spread over the sorted ids (quiz ids start with the subtype: every subtype is in)
+        keys = every if count < 0 or count >= len(every) else [every[int(i)] for i in np.linspace(0, len(every) - 1, count).round()]
         cheap, deployed = (self.case_probabilities(mode, keys) for mode in (self.validation_mode(), resolve_mode(self.settings.deployed_mode)))
         same = [int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(cheap, deployed)]
         record = {
             "checkpoint": SELECTED_CHECKPOINT, "split": "validation", "cases": len(keys), "same_subtype": int(sum(same)),
             "max_probability_difference": float(max(np.abs(a - b).max() for a, b in zip(cheap, deployed))),
             "validation_estimator": self.validation_mode().describe(), "deployed_estimator": f"{self.settings.deployed_mode}: {resolve_mode(self.settings.deployed_mode).describe()}",
-            "macro_f1_accuracy": {"validation_estimator": self._f1_accuracy(keys, cheap), "deployed_estimator": self._f1_accuracy(keys, deployed)} if self.classification_measurable() else None,
+            "macro_f1_accuracy": {"validation_estimator": self._f1_accuracy(keys, cheap), "deployed_estimator": self._f1_accuracy(keys, deployed)}
+            if len({self._subtype(k) for k in keys}) >= 2 else None,  # on one class macro-F1 means nothing
             "per_case": {k: {"true": self._subtype(k), "validation_estimator": a.round(6).tolist(), "deployed_estimator": b.round(6).tolist()} for k, a, b in zip(keys, cheap, deployed)},
         }
         write_json(Path(self.output_folder) / AGREEMENT_FILE, record)
@@ -351,5 +353,5 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
             weights = torch.load(best, map_location=self.device, weights_only=False)["network_weights"]
             self.multitask_network().load_state_dict(weights)
             self.print_to_log_file(f"restored the weights of {best.name} (selected on the validation split)")
-            if self.local_rank == 0:
+            if not self.is_ddp:  # under DDP the other ranks would wait at nnU-Net's barrier meanwhile
                 self.check_estimator_agreement()
