@@ -1,2 +1,3 @@
-"""Evaluation: per-case Dice and subtype metrics with bootstrap CIs (``metrics``, ``evaluate``), ground truth
-(``ground_truth``), figures (``figures``) and the standalone HTML report (``report``)."""
+"""Evaluation: per-case Dice and subtype metrics with bootstrap CIs (``metrics``, ``evaluate``), the stage's
+entry (``stage``), figures (``figures``), the standalone HTML report (``report``) and the case viewer
+(``viewer``). Ground truth is read by ``dataset.ground_truth``. CLI: ``python -m pancreas_multitask.evaluation``."""
