@@ -98,6 +98,11 @@ def _check_training(repo: Path, run_dir: Path) -> None:
         assert (model / name).is_file(), name
     assert summary["selected checkpoint"] == "checkpoint_best.pth" and summary["selected on"].startswith("fold 0 validation split")
     assert 0.0 <= summary["full-volume Dice whole_pancreas (val, nnU-Net)"] <= 1.0
+    # the estimator check on the profile's 2 validation cases, spread over the subtypes (the first two share one)
+    agreement = json.loads((model / "estimator_agreement.json").read_text())
+    assert agreement["cases"] == SMOKE["trainer_extra"]["deployed_check_cases"] == 2
+    assert len({case["true"] for case in agreement["per_case"].values()}) == 2 and agreement["macro_f1_accuracy"] is not None
+    assert summary["training pass vs deployed estimator (same subtype, val)"].endswith("/2 (fast)")
     page = (run_dir / "02_train.html").read_text()
     assert "case-level macro-F1 (val)" in page and "data:image/png;base64" in page
 
