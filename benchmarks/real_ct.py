@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     from pancreas_multitask.experiment_planning.prepare import prepare
     from pancreas_multitask.model.folders import fold_folder, model_folder
     from pancreas_multitask.workspace import Workspace
-    from pancreas_multitask.io import write_json, write_text
+    from pancreas_multitask.io import write_benchmark
     from pancreas_multitask.training.train import build_trainer, seed_everything
     from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
@@ -183,11 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             cost[short] = float(diff.mean())
             cost[f"{short}_ci95"] = list(bootstrap_ci(lambda idx: diff[idx].mean(axis=1), len(diff)))
         result["head_cost"] = cost
-    out = args.out or REPO / "benchmarks" / "results" / f"real_ct_{device}.json"
-    write_json(out, result)
-    write_text(out.with_suffix(".md"), markdown(result))
-    print(markdown(result))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    write_benchmark(args.out or REPO / "benchmarks" / "results" / f"real_ct_{device}.json", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -42,10 +42,12 @@ class FakeMachine:
             (target / "notebooks").mkdir()
             for name in ("requirements.txt", "pyproject.toml"):
                 (target / name).write_text((self.template / name).read_text())
+            with (target / "requirements.txt").open("a") as f:  # what this kernel lacks, as Colab lacks nnunetv2
+                f.write("missing-on-this-kernel==1.0\n")
         elif cmd[0] == "git" and "pull" in cmd:
             self.events.append("pull")
         elif cmd[1:4] == ["-m", "pip", "install"]:
-            self.events.append("install -e" if "-e" in cmd else "install -r")
+            self.events.append("install -e" if "-e" in cmd else "install missing")
             self.pip_commands.append(cmd)
         else:
             raise AssertionError(f"unexpected command {cmd}")
@@ -84,7 +86,7 @@ def start(fake: FakeMachine, root: Path, **kwargs: object) -> Path | None:
 def test_first_run_mounts_clones_installs_then_second_run_skips_them(machine: FakeMachine, session: Path) -> None:
     repo = session / "repo"
     assert start(machine, session) == repo
-    assert machine.events == ["mount", "clone", "install -r", "install -e"]
+    assert machine.events == ["mount", "clone", "install missing", "install -e"]
     assert Path.cwd() == repo / "notebooks" and sys.path[0] == str(repo / "lib")
     assert os.environ["DRIVE_ROOT"] == str(session / "drive")  # a DRIVE_ROOT that is set is kept
 
@@ -94,14 +96,17 @@ def test_first_run_mounts_clones_installs_then_second_run_skips_them(machine: Fa
     assert sys.path.count(str(repo / "lib")) == 1
 
 
-def test_install_keeps_colabs_torch(machine: FakeMachine, session: Path) -> None:
+def test_install_keeps_everything_colab_installed(machine: FakeMachine, session: Path) -> None:
     start(machine, session)
-    constraints = session / "env" / colab.CONSTRAINTS_FILE
-    assert f"torch=={importlib.metadata.version('torch')}\n" in constraints.read_text()
-    requirements, package = machine.pip_commands
+    constraints = (session / "env" / colab.CONSTRAINTS_FILE).read_text()
+    installed = colab.installed_distributions()
+    assert f"torch=={importlib.metadata.version('torch')}\n" in constraints and f"numpy=={importlib.metadata.version('numpy')}\n" in constraints
+    assert len(constraints.splitlines()) == len(installed)  # every installed distribution pinned where it is
+    missing, package = machine.pip_commands
     for cmd in machine.pip_commands:
-        assert cmd[0] == sys.executable and cmd[cmd.index("-c") + 1] == str(constraints)
-    assert requirements[-2:] == ["-r", str(session / "repo" / "requirements.txt")]
+        assert cmd[0] == sys.executable and cmd[cmd.index("-c") + 1] == str(session / "env" / colab.CONSTRAINTS_FILE)
+    asked = [colab.canonical_name(line.split("==")[0]) for line in missing[missing.index("-c") + 2:]]
+    assert asked == ["missing-on-this-kernel"]  # only what this kernel lacks is asked for
     assert package[-3:] == ["--no-deps", "-e", str(session / "repo")]
 
 
@@ -111,7 +116,7 @@ def test_changed_requirements_install_again(machine: FakeMachine, session: Path)
         f.write("extra-package==1.0\n")
     machine.events.clear()
     start(machine, session)
-    assert machine.events == ["pull", "install -r", "install -e"]
+    assert machine.events == ["pull", "install missing", "install -e"]
     assert len(list((session / "env").glob(colab.STAMP_PREFIX + "*"))) == 1  # the old stamp is gone
 
 
@@ -127,7 +132,7 @@ def test_install_that_replaces_an_imported_package_asks_for_a_restart(machine: F
 
 def test_mount_false_leaves_drive_alone(machine: FakeMachine, session: Path) -> None:
     start(machine, session, mount=False)
-    assert machine.events == ["clone", "install -r", "install -e"]
+    assert machine.events == ["clone", "install missing", "install -e"]
 
 
 def test_missing_repo_url_is_an_error_before_anything_installs(machine: FakeMachine, session: Path) -> None:
@@ -208,3 +213,51 @@ def test_colab_badges_are_written_once_for_every_notebook(tmp_path: Path) -> Non
         first = next(c for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "markdown")
         assert first.source.startswith(f"[![Open in Colab]") and first.source.count("Open in Colab") == 1 and url in first.source
     assert len(badges.add_badges(tmp_path, "other/repo")) == len(notebooks) + 1 and "someone/" not in (tmp_path / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def colab_like(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A stand-in for Colab's kernel: a venv with older versions of some packages preinstalled."""
+    venv = tmp_path_factory.mktemp("colab_like") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "PyYAML==6.0.1", "tqdm==4.66.1", "idna==2.4"], check=True)
+    return python
+
+
+def _repo(root: Path, requirements: str) -> Path:
+    root.mkdir()
+    (root / "requirements.txt").write_text(requirements)
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    return root
+
+
+def _captured(cmd: Sequence[str]) -> object:
+    return subprocess.run(list(cmd), check=True, capture_output=True, text=True)
+
+
+def test_colab_install_replaces_nothing_preinstalled(colab_like: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    before = colab.installed_distributions(colab_like)
+    assert (before["pyyaml"], before["tqdm"]) == ("6.0.1", "4.66.1")
+    repo = _repo(tmp_path / "repo", "PyYAML==6.0.4\ntqdm==4.70.1\nJinja2==3.1.6\n")
+    report = tmp_path / "report.json"
+    assert colab.install_requirements(repo, tmp_path / "state", _captured, python=colab_like, dry_run_report=report)
+    would_install = {colab.canonical_name(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
+    assert "jinja2" in would_install and not would_install & set(before)  # Jinja2 (and its MarkupSafe) only: nothing preinstalled replaced
+    printed = capsys.readouterr().out
+    assert "kept the preinstalled pyyaml 6.0.1 (the project pins 6.0.4)" in printed and "tqdm 4.66.1" in printed
+    assert colab.installed_distributions(colab_like) == before  # a dry run installs nothing
+
+
+def test_a_preinstalled_version_too_old_is_named_and_the_user_may_let_pip_replace_it(colab_like: str, tmp_path: Path) -> None:
+    import json
+
+    repo = _repo(tmp_path / "repo", "requests==2.32.3\n")  # needs idna >= 2.5; the stand-in has 2.4
+    with pytest.raises(colab.InstallConflict, match="idna") as raised:
+        colab.install_requirements(repo, tmp_path / "state", _captured, python=colab_like, dry_run_report=tmp_path / "r.json")
+    assert "upgrade=" in str(raised.value)
+    assert colab.install_requirements(repo, tmp_path / "state", _captured, python=colab_like, upgrade=["idna"], dry_run_report=tmp_path / "r.json")
+    planned = {colab.canonical_name(item["metadata"]["name"]) for item in json.loads((tmp_path / "r.json").read_text())["install"]}
+    assert "idna" in planned and "requests" in planned and not planned & {"pyyaml", "tqdm", "pip"}  # only the one the user allowed

@@ -23,7 +23,8 @@ from conftest import MANIFEST, snapshot
 from pancreas_multitask.evaluation.evaluate import PER_CASE_COLUMNS, evaluate_folder, worst_first
 from pancreas_multitask.dataset.ground_truth import read_answer_key, read_quiz_layout
 from pancreas_multitask.evaluation.metrics import (
-    bootstrap_ci, classification_metrics, dice, evaluate_case, macro_f1_batch, macro_f1_ci, mean_ci, region_dices,
+    NSD_TOLERANCE_MM, bootstrap_ci, classification_metrics, dice, evaluate_case, lesion_detected, macro_f1_batch, macro_f1_ci, mean_ci, region_dices,
+    surface_metrics,
 )
 
 SHAPE = (8, 10, 12)
@@ -89,7 +90,48 @@ def test_float_ground_truth_is_rounded(tmp_path: Path) -> None:
     assert (quirky != clean).any()
     pred = save(tmp_path / "pred.nii.gz", clean, dtype=np.uint8)
     result = evaluate_case(save(tmp_path / "gt.nii.gz", quirky), pred)
-    assert result == {"dsc_pancreas": 1.0, "dsc_lesion": 1.0}
+    assert result == {"dsc_pancreas": 1.0, "dsc_lesion": 1.0, "nsd_pancreas": 1.0, "nsd_lesion": 1.0, "hd95_pancreas": 0.0, "hd95_lesion": 0.0, "lesion_detected": 1.0}
+
+
+def _surface_by_brute_force(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...], tolerance: float) -> tuple[float, float]:
+    """NSD and symmetric HD95 from every pair of boundary voxels (mask minus its 6-connected erosion), in mm."""
+    from scipy import ndimage
+    from scipy.spatial.distance import cdist
+
+    boundary = lambda m: np.argwhere(m & ~ndimage.binary_erosion(m)) * np.asarray(spacing)  # noqa: E731
+    distances = cdist(boundary(pred), boundary(gt))
+    pred_to_gt, gt_to_pred = distances.min(axis=1), distances.min(axis=0)
+    nsd = ((pred_to_gt <= tolerance).sum() + (gt_to_pred <= tolerance).sum()) / (len(pred_to_gt) + len(gt_to_pred))
+    return float(nsd), float(max(np.percentile(pred_to_gt, 95), np.percentile(gt_to_pred, 95)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_monai_surface_metrics_equal_a_brute_force_computation(seed: int) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    spacing = (2.0, 0.7, 0.9)  # anisotropic, like the quiz's CT
+    blob = lambda: ndimage.binary_opening(ndimage.gaussian_filter(rng.random((12, 14, 16)), 1.5) > 0.5)  # noqa: E731
+    gt, pred = blob(), blob()
+    gt[3:9, 4:10, 4:12] = pred[4:9, 5:11, 3:12] = True  # overlapping, not equal
+    nsd, hd95 = _surface_by_brute_force(pred, gt, spacing, NSD_TOLERANCE_MM)
+    ours = surface_metrics(pred, gt, spacing)
+    assert 0 < nsd < 1 and ours["nsd"] == pytest.approx(nsd, abs=1e-6)
+    assert hd95 > 0 and ours["hd95"] == pytest.approx(hd95, rel=1e-5)
+    assert surface_metrics(pred, gt, spacing, tolerance_mm=100)["nsd"] == pytest.approx(1.0)
+
+
+def test_surface_metrics_and_detection_of_empty_masks() -> None:
+    empty, some = np.zeros((4, 5, 6), bool), np.zeros((4, 5, 6), bool)
+    some[1:3, 1:3, 1:3] = True
+    assert surface_metrics(empty, empty, (1, 1, 1)) == {"nsd": 1.0, "hd95": 0.0}  # nothing to find, nothing found
+    diagonal = float(np.linalg.norm([4 * 2.0, 5 * 1.0, 6 * 1.0]))
+    assert surface_metrics(empty, some, (2, 1, 1)) == {"nsd": 0.0, "hd95": pytest.approx(diagonal)} == surface_metrics(some, empty, (2, 1, 1))
+    labels = np.where(some, 2, 0)
+    assert lesion_detected(labels, labels) == 1.0 and lesion_detected(np.zeros_like(labels), labels) == 0.0
+    one_voxel = np.zeros_like(labels)
+    one_voxel[2, 2, 2] = 2
+    assert lesion_detected(one_voxel, labels) == 1.0 and np.isnan(lesion_detected(labels, np.zeros_like(labels)))
 
 
 def test_geometry_mismatch_names_both_files(tmp_path: Path) -> None:
@@ -318,6 +360,13 @@ def test_cli_on_a_quiz_layout_folder(tmp_path: Path) -> None:
     assert per_case["dsc_pancreas"].tolist() == pytest.approx([1, 0.8, 1, 0]) and per_case["dsc_lesion"].tolist() == pytest.approx([1, 0, 0.5, 0])
     assert per_case["prob_pred"].tolist() == pytest.approx([0.7, 0.6, 0.8, 0.5])
     assert per_case["image_file"].tolist()[3] == "" and per_case["image_file"].tolist()[0].endswith("quiz_0_001_0000.nii.gz")
+    # exact / lesion missing / all lesion / empty: the lesion is found in cases 1 and 3; the empty one scores the worst distance
+    assert per_case["lesion_detected"].tolist() == [1, 0, 1, 0] and per_case["nsd_lesion"].tolist()[:2] == [1, 0]
+    diagonal = float(np.linalg.norm(np.asarray(SHAPE) * np.diag(AFFINE)[:3]))
+    assert per_case["nsd_pancreas"].tolist()[3] == 0 and per_case["hd95_pancreas"].tolist()[3] == pytest.approx(diagonal)
+    detection, surface = metrics["lesion_detection"], metrics["surface"]
+    assert (detection["rate"], detection["detected"], detection["n"]) == (0.5, 2, 4) and detection["ci95"][0] <= 0.5 <= detection["ci95"][1]
+    assert surface["nsd_pancreas"]["mean"] == pytest.approx(per_case["nsd_pancreas"].mean()) and surface["nsd_tolerance_mm"] == NSD_TOLERANCE_MM
     assert (out / "evaluation.html").stat().st_size > 10_000
 
 
@@ -403,6 +452,7 @@ def test_cli_with_the_phantom_answer_key_folder(tiny_phantom: Path, tmp_path: Pa
     assert metrics["n_ground_truth_cases"] == len(key) == 2
     assert metrics["segmentation"]["dsc_pancreas"]["mean"] == 1.0 and metrics["segmentation"]["dsc_lesion"]["ci95"] == [1.0, 1.0]
     assert metrics["classification"]["accuracy"] == 1.0 and all(t["passed"] for t in metrics["targets"].values())
+    assert "Synthetic phantom data" in (out / "evaluation.html").read_text()  # perfect phantom numbers are flagged as no CT result
     assert metrics["sources"]["ground_truth"].startswith(str(answers / "subtype_labels.csv"))
     per_case = pd.read_csv(out / "per_case.csv")
     assert per_case["image_file"].map(lambda f: Path(f).is_file()).all() and per_case["prob_pred"].tolist() == [0.9, 0.9]

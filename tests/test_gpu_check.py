@@ -16,6 +16,7 @@ from conftest import REPO
 REAL_CT = Path(os.environ.get("PANCREAS_REAL_CT_DIR", REPO.parent / "shared" / "data" / "real_ct"))
 
 
+@pytest.mark.slow  # about 2 min; run before a device call: ./run_tests.sh -m slow -k gpu_check
 def test_gpu_check_dry_run(tmp_path: Path) -> None:
     if not (REAL_CT / "train" / "subtype2").is_dir():
         if os.environ.get("CI"):

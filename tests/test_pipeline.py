@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -96,13 +97,18 @@ def _check_training(repo: Path, run_dir: Path) -> None:
     assert model.name == "fold_0" and model.parent.name == "nnUNetTrainerMultitask__nnUNetResEncUNetMPlans_cpu__3d_fullres"
     for name in ("checkpoint_best.pth", "checkpoint_final.pth", "training_metrics.csv", "multitask_settings.json", "validation/summary.json", "postprocessing.pkl"):
         assert (model / name).is_file(), name
-    assert summary["selected checkpoint"] == "checkpoint_best.pth" and summary["selected on"].startswith("fold 0 validation split")
+    assert summary["selected checkpoint"] == "checkpoint_best.pth" and summary["selected on"] == f"fold 0: validation ({sum(SMOKE['phantom']['validation'])} cases)"
     assert 0.0 <= summary["full-volume Dice whole_pancreas (val, nnU-Net)"] <= 1.0
     # the estimator check on the profile's 2 validation cases, spread over the subtypes (the first two share one)
     agreement = json.loads((model / "estimator_agreement.json").read_text())
     assert agreement["cases"] == SMOKE["trainer_extra"]["deployed_check_cases"] == 2
     assert len({case["true"] for case in agreement["per_case"].values()}) == 2 and agreement["macro_f1_accuracy"] is not None
     assert summary["training pass vs deployed estimator (same subtype, val)"].endswith("/2 (fast)")
+    calibration = json.loads((model / "subtype_calibration.json").read_text())  # fitted on all validation cases
+    assert calibration["cases"] == sum(SMOKE["phantom"]["validation"]) and "validation" in calibration["fitted_on"]
+    assert summary["subtype temperature (fitted on the selection split)"].startswith(f"{calibration['temperature']:.3f}")
+    (exported,) = (repo / "work" / "exports").glob("*.zip")
+    assert any(name.endswith("fold_0/subtype_calibration.json") for name in zipfile.ZipFile(exported).namelist())
     page = (run_dir / "02_train.html").read_text()
     assert "case-level macro-F1 (val)" in page and "data:image/png;base64" in page
 
@@ -136,6 +142,12 @@ def _check_evaluation(repo: Path, run_dir: Path, printed: str) -> None:
     for target in metrics["targets"].values():
         assert fmt(target["value"]) in html
     assert "validation" in html and "data:image/png;base64" in html
+    calibration = metrics["classification"]["calibration"]  # ECE of the CSV's calibrated probabilities and of those before
+    assert {"calibrated", "uncalibrated"} <= set(calibration) and 'alt="reliability diagram"' in html
+    assert f"{fmt(calibration['uncalibrated']['ece'])}" in html and f"{fmt(calibration['calibrated']['ece'])}" in html
+    assert "temperature" in html and "Checkpoint, postprocessing and subtype temperature chosen on: validation" in html
+    assert 'id="data-note"' in html and "Synthetic phantom data" in html  # the first screen says these are not CT results
+    assert 'id="surface"' in html and metrics["lesion_detection"]["n"] == phantom["test"] and metrics["surface"]["hd95_lesion"]["n"] == phantom["test"]
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", html)  # opens offline
     assert (run_dir / "evaluation_validation.html").is_file()
     index = (run_dir / "index.html").read_text()

@@ -27,6 +27,7 @@ from pancreas_multitask.workspace import Workspace
 from pancreas_multitask.model.settings import HeadConfig, MultitaskSettings
 
 from conftest import snapshot
+from pancreas_multitask.model.calibration import Calibration, apply_temperature
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_masks_keep_the_input_geometry_and_the_csv_fits_the_quiz(predictor, tiny
         assert nib.aff2axcodes(mask.affine) == nib.aff2axcodes(source.affine)
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2} and mask.get_data_dtype() == np.uint8
     rows = list(csv.DictReader((tmp_path / CSV_NAME).open()))
-    assert list(rows[0]) == ["Names", "Subtype", "prob_subtype0", "prob_subtype1", "prob_subtype2"]
+    assert list(rows[0]) == ["Names", "Subtype", *(f"prob_subtype{k}" for k in range(3)), *(f"uncalibrated_prob_subtype{k}" for k in range(3))]
     assert sorted(r["Names"] for r in rows) == sorted(f"{c}.nii.gz" for c, _ in cases)
     for row in rows:
         probs = [float(row[f"prob_subtype{k}"]) for k in range(3)]
@@ -77,7 +78,9 @@ def test_real_case_comes_back_in_its_own_geometry(predictor, real_case_dir: Path
     assert mask.shape == (187, 95, 49) and np.allclose(mask.affine, source.affine, atol=1e-4)
     assert "".join(nib.aff2axcodes(mask.affine)) == "LPS"
     # and it can be scored against its real (float) mask: evaluate_case raises on any grid mismatch
-    assert set(evaluate_case(real_case_dir / "quiz_0_324.nii.gz", tmp_path / "quiz_0_324.nii.gz")) == {"dsc_pancreas", "dsc_lesion"}
+    scored = evaluate_case(real_case_dir / "quiz_0_324.nii.gz", tmp_path / "quiz_0_324.nii.gz")
+    assert set(scored) == {"dsc_pancreas", "dsc_lesion", "nsd_pancreas", "nsd_lesion", "hd95_pancreas", "hd95_lesion", "lesion_detected"}
+    assert 0 <= scored["nsd_pancreas"] <= 1 and scored["hd95_pancreas"] >= 0  # in mm, on the real case's LPS grid
 
 
 def test_rerun_skips_and_bad_input_is_named(predictor, tiny_phantom: Path, tmp_path: Path) -> None:
@@ -328,6 +331,10 @@ def test_fastest_is_close_but_not_equal(model, tiny_phantom: Path, tmp_path: Pat
 
 
 def test_exported_zip_predicts_the_same(model, tiny_phantom: Path, tmp_path: Path) -> None:
+    calibrated = tmp_path / "trained" / model.parent.name / model.name  # a copy, with a temperature far from 1
+    shutil.copytree(model, calibrated)
+    Calibration(temperature=2.5, fitted_on="test", cases=3).save(calibrated / "fold_0")
+    model = calibrated
     zip_file = export_model(model, tmp_path / "model.zip")
     written = zip_file.stat().st_mtime_ns
     assert export_model(model, zip_file) == zip_file and zip_file.stat().st_mtime_ns == written  # up to date: kept
@@ -357,6 +364,9 @@ def test_exported_zip_predicts_the_same(model, tiny_phantom: Path, tmp_path: Pat
         before, after = (np.asarray(nib.load(str(tmp_path / n / f"{case_id}.nii.gz")).dataobj) for n in ("before", "after"))
         assert np.array_equal(before, after)
     assert [r["probabilities"] for r in case_records(tmp_path / "before")] == [r["probabilities"] for r in case_records(tmp_path / "after")]
+    assert make_predictor(installed, "fast").calibrations == [Calibration(temperature=2.5, fitted_on="test", cases=3)]  # the temperature travels in the zip
+    for record in case_records(tmp_path / "after"):  # and the CSV's probabilities are the calibrated ones
+        np.testing.assert_allclose(record["probabilities"], apply_temperature(np.array(record["uncalibrated_probabilities"]), 2.5), atol=1e-6)
     assert make_predictor(installed, "fast").postprocessing_source == installed / "fold_0" / "postprocessing.pkl"
 
 
@@ -504,3 +514,28 @@ def test_cases_the_scan_left_out_are_neither_predicted_nor_scored(model, tiny_ph
     jobs, _ = evaluation_jobs(workspace, {"input_splits": ["validation", "test"]})
     assert {c.case for c in jobs["validation"].cases} == predicted and len(jobs["test"].cases) == len(list((raw / "test").glob("*.nii.gz")))
 
+
+
+def test_folds_are_calibrated_each_then_averaged(model, tiny_phantom: Path, tmp_path: Path) -> None:
+    """``-f 0 1``: the subtype is the mean over folds of each fold's calibrated probabilities; the segmentation nnU-Net's fold mean."""
+    ensemble = tmp_path / model.parent.name / model.name
+    shutil.copytree(model, ensemble)
+    shutil.copytree(ensemble / "fold_0", ensemble / "fold_1")
+    checkpoint = torch.load(ensemble / "fold_1" / "checkpoint_best.pth", map_location="cpu", weights_only=False)
+    bias = [k for k in checkpoint["network_weights"] if k.startswith("head.mlp.") and k.endswith("bias")][-1]
+    checkpoint["network_weights"][bias] = checkpoint["network_weights"][bias] + torch.tensor([1.5, -1.0, 0.0])  # another fold, other subtype odds
+    torch.save(checkpoint, ensemble / "fold_1" / "checkpoint_best.pth")
+    Calibration(temperature=0.5).save(ensemble / "fold_0")
+    Calibration(temperature=3.0).save(ensemble / "fold_1")
+    image = _images(tiny_phantom)[0][1]
+    single = []
+    for fold in (0, 1):
+        p = make_predictor(ensemble, "fast", folds=(fold,), postprocessing=False)
+        logits, probabilities = p.predict_preprocessed(p.preprocess([str(image)])[0])
+        single.append((logits, probabilities, p.last_uncalibrated))
+    both = make_predictor(ensemble, "fast", folds=(0, 1), postprocessing=False)
+    logits, probabilities = both.predict_preprocessed(both.preprocess([str(image)])[0])
+    assert not np.allclose(single[0][2], single[1][2], atol=1e-3)  # the folds disagree
+    np.testing.assert_allclose(probabilities, (apply_temperature(single[0][2], 0.5) + apply_temperature(single[1][2], 3.0)) / 2, atol=1e-5)
+    np.testing.assert_allclose(both.last_uncalibrated, (single[0][2] + single[1][2]) / 2, atol=1e-5)
+    torch.testing.assert_close(logits, (single[0][0] + single[1][0]) / 2, atol=2e-3, rtol=0)  # fp16 tile accumulation

@@ -32,7 +32,7 @@ def test_the_gpu_recipe_is_the_trainers_own_defaults() -> None:
     recipe = settings_from_parameters(load_parameters(PARAMS, "local"), num_classes=3)
     defaults = MultitaskSettings()
     for name in ("num_epochs", "iterations_per_epoch", "val_iterations_per_epoch", "initial_lr", "patience", "case_val_every", "head_lr_factor",
-                 "final_validation_mirroring", "deployed_check_cases", "schedule"):
+                 "final_validation_mirroring", "deployed_check_cases", "schedule", "head"):
         assert getattr(recipe, name) == getattr(defaults, name), name
 
 

@@ -65,10 +65,18 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
     root, result = evaluated
     provenance = collect_provenance(repo, repo / "data_manifest.yaml", "smoke", {"worst_n": 2}, "cpu")
     inference = {"mode": "fast", "counts": {"validation": {"predicted": 3, "failed": 0}}, "median_seconds_per_case": 1.2346}
-    benchmark = {"rows": [{"predictor": "nnUNetPredictor", "s_per_case": 3.21}, {"predictor": "multitask", "s_per_case": 3.3, "time_shares": {"read": 0.25, "network": 0.75}}], "device": "cpu"}
+    inference["model"] = str(root / "models" / "fold_0")  # an absolute path under the repository
+    benchmark = {"rows": [{"predictor": "nnUNetPredictor", "s_per_case": 3.21}, {"predictor": "multitask", "s_per_case": 3.3, "time_shares": {"read": 0.25, "network": 0.75}}],
+                 "device": "cpu", "sizes": {"small": [1, 2, 3], "large": [4, 5, 6]}, "date": "2026-11-30 10:00", "git_revision": "0123456789abcdef0123"}
     path = write_report(result, root / "out" / "evaluation.html", checkpoint_split="validation", evaluated_split="validation",
-                        training_metrics=training_frame(), inference=inference, benchmark=benchmark, provenance=provenance, worst_n=2)
+                        training_metrics=training_frame(), inference=inference, benchmark=benchmark, provenance=provenance, worst_n=2,
+                        display_roots=(root.parent,))
     text = path.read_text()
+    # readable cells: no JSON, no absolute path under the repository; the benchmark says when and where it was measured
+    assert "<td>small</td><td>1, 2, 3</td>" in text and '{"' not in html.unescape(text.split("<h2>Provenance</h2>")[0])
+    assert f"<td>{root.name}/models/fold_0</td>" in text and f"<code>{root.name}/pred</code>" in text and str(root) not in text
+    label = re.search(r'<p class="note" id="benchmark-label">(.*?)</p>', text).group(1)
+    assert "measured 2026-11-30 10:00" in label and "0123456789ab" in label and "not in this run" in label
     metrics = json.loads((root / "out" / "metrics.json").read_text())
 
     summary = section(text, "summary")
@@ -80,7 +88,7 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
     for c in metrics["classification"]["per_class"]:
         assert f"<tr><td>{c['name']}</td><td class=\"num\">{fmt(c['precision'])}</td><td class=\"num\">{fmt(c['recall'])}</td><td class=\"num\">{fmt(c['f1'])}</td><td class=\"num\">{c['support']}</td></tr>" in per_class
     assert f"accuracy {fmt(metrics['classification']['accuracy'])}" in text
-    assert "these numbers are optimistic" in text and "Checkpoint selected on: validation. Evaluated split: validation." in text
+    assert "these numbers are optimistic" in text and "Checkpoint, postprocessing and subtype temperature chosen on: validation. Evaluated split: validation." in text
     # the per-case table lists every case, worst first
     per_case = section(text, "per-case")
     shown = re.findall(r"<tr[^>]*><td>(quiz_\w+)</td>", per_case)
@@ -94,7 +102,10 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
     assert "<th>time_shares network</th>" in text and "<td>0.75</td>" in text and "{&#34;" not in text  # nested values as columns, no JSON
 
     images = re.findall(r"<img\b[^>]*>", text)
-    assert len(images) == 4  # confusion matrix, DSC per subtype, worst cases, training curves
+    assert len(images) == 5  # confusion matrix, reliability diagram, DSC per subtype, worst cases, training curves
+    calibration = metrics["classification"]["calibration"]  # the fixture's CSV holds probabilities only: shown as they are
+    assert "uncalibrated" not in calibration and calibration["n"] == 3
+    assert f"<tr><td>the CSV&#39;s probabilities</td><td class=\"num\">{fmt(calibration['calibrated']['ece'])}</td>" in section(text, "calibration")
     for tag in images:
         uri = re.search(r'src="([^"]+)"', tag).group(1)
         assert uri.startswith("data:image/png;base64,")
@@ -112,7 +123,7 @@ def test_missing_optional_inputs_say_not_available(evaluated, tmp_path: Path) ->
     assert f"Not available (file not found: {tmp_path / 'absent.csv'})" in text
     assert "Not available (not given)" in text  # inference and provenance
     assert "Not available (the benchmark JSON has no &#39;rows&#39; list)" in text
-    assert len(re.findall(r"<img\b", text)) == 3
+    assert len(re.findall(r"<img\b", text)) == 4  # no training curves
     text = write_report(result, tmp_path / "r.html", checkpoint_split="validation", evaluated_split="test",
                         training_metrics=pd.DataFrame({"epoch": [0, 1]})).read_text()
     assert "Not available (the per-epoch file lacks the column" in text
@@ -154,3 +165,14 @@ def test_one_class_set_shows_classification_as_not_assessable_and_postprocessing
     assert "Not assessable: all" in text
     rows = section(text, "postprocessing")
     assert f"{pp['dsc_pancreas']['without']['mean']:.3f}" in rows and "chosen on the <b>validation</b> split" in text
+
+
+def test_a_benchmark_with_markdown_shows_the_readmes_table(evaluated, tmp_path: Path) -> None:
+    _, result = evaluated
+    benchmark = tmp_path / "speed.json"
+    benchmark.write_text(json.dumps({"rows": [{"setting": "fast", "a": 1, "b": 2, "c": 3}], "date": "2026-11-30", "git_revision": "abc"}))
+    benchmark.with_suffix(".md").write_text("Caption with `code`\n\n| setting | s / case |\n| --- | --- |\n| fast | **1.50** |\n\nA note.\n")
+    text = write_report(result, tmp_path / "r.html", checkpoint_split="validation", evaluated_split="test", benchmark=benchmark).read_text()
+    part = text.split("<h2>Benchmark</h2>")[1].split("<h2>")[0]
+    assert "<th>setting</th><th>s / case</th>" in part and "<td>fast</td><td>1.50</td>" in part  # the Markdown's columns, not the JSON's
+    assert "<p>Caption with code</p>" in part and "<p>A note.</p>" in part and "<th>a</th>" not in part

@@ -123,7 +123,8 @@ def test_nnunet_predictor_internals_the_predictor_overrides_are_there() -> None:
 
     from pancreas_multitask.inference.predictor import MultitaskPredictor
 
-    expected = {"_internal_maybe_mirror_and_predict": ["x"], "_internal_predict_sliding_window_return_logits": ["data", "slicers", "do_on_device"]}
+    expected = {"_internal_maybe_mirror_and_predict": ["x"], "_internal_predict_sliding_window_return_logits": ["data", "slicers", "do_on_device"],
+                "predict_sliding_window_return_logits": ["input_image"]}  # called once per fold by predict_logits_from_preprocessed_data
     for name, parameters in expected.items():
         assert _parameters(getattr(nnUNetPredictor, name)) == parameters, f"nnUNetPredictor.{name} changed"
         assert _parameters(getattr(MultitaskPredictor, name)) == parameters
@@ -131,6 +132,8 @@ def test_nnunet_predictor_internals_the_predictor_overrides_are_there() -> None:
                                                                   "trainer_name", "inference_allowed_mirroring_axes"]
     for name in ("predict_sliding_window_return_logits", "predict_logits_from_preprocessed_data", "_internal_get_sliding_window_slicers"):
         assert callable(getattr(nnUNetPredictor, name, None)), f"nnUNetPredictor.{name} is gone"
+    source = inspect.getsource(nnUNetPredictor.predict_logits_from_preprocessed_data)  # one sliding window per fold: the per-fold calibration counts on it
+    assert "for params in self.list_of_parameters" in source and source.count("self.predict_sliding_window_return_logits(") >= 1
     predictor = nnUNetPredictor(device=__import__("torch").device("cpu"))
     assert {"tile_step_size", "use_gaussian", "use_mirroring", "perform_everything_on_device", "allow_tqdm"} <= set(vars(predictor))
 
@@ -143,3 +146,11 @@ def test_nnunet_variables_are_written_in_runtime_only() -> None:
     offenders = [f"{path.relative_to(REPO)}:{n}: {line.strip()}" for path in [*LIB.rglob("*.py"), *(REPO / "benchmarks").glob("*.py")] if path.name != "runtime.py"
                  for n, line in enumerate(path.read_text().splitlines(), 1) if write.search(line)]
     assert not offenders, "\n".join(offenders)
+
+
+def test_nnunet_decoder_runs_the_stages_the_decoder_head_hooks() -> None:
+    """``source='decoder'`` hooks the last of nnU-Net's ``UNetDecoder.stages``: its output is what the segmentation layer reads."""
+    from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
+
+    source = inspect.getsource(UNetDecoder.forward)
+    assert "self.stages[s]" in source and "self.seg_layers" in source, "UNetDecoder.forward no longer runs self.stages in order"

@@ -126,6 +126,7 @@ def test_the_selected_checkpoint_is_scored_with_what_ships(tiny_prepared, manife
     import numpy as np
 
     from pancreas_multitask.inference.predictor import make_predictor
+    from pancreas_multitask.model.calibration import Calibration
     from pancreas_multitask.model.folders import AGREEMENT_FILE
 
     settings = MultitaskSettings(num_epochs=2, **{**TINY_RUN, "deployed_check_cases": -1, "deployed_mode": "fast"})
@@ -136,11 +137,16 @@ def test_the_selected_checkpoint_is_scored_with_what_ships(tiny_prepared, manife
     val_keys = trainer._case_keys[1]
     assert record["cases"] == len(val_keys) == 3 and set(record["per_case"]) == set(val_keys)
     assert 0 <= record["same_subtype"] <= 3 and "case-level estimator check" in Path(trainer.log_file).read_text()
+    # the temperature, fitted on the same deployed-mode probabilities of all validation cases
+    calibration = Calibration.load(out)
+    assert calibration.cases == 3 and "validation" in calibration.fitted_on and calibration.nll_after <= calibration.nll_before + 1e-9
+    assert 0.05 <= calibration.temperature <= 20 and "subtype calibration: temperature" in Path(trainer.log_file).read_text()
     dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys)
     for mode, key in ((make_predictor(out.parent, "fast"), "deployed_estimator"), (make_predictor(out.parent, trainer.validation_mode()), "validation_estimator")):
         for case in val_keys:  # the shipped model folder (checkpoint_best.pth), as 03_inference loads it
             _, probabilities = mode.predict_preprocessed(np.asarray(dataset.load_case(case)[0][:]))
-            assert np.allclose(probabilities, record["per_case"][case][key], atol=1e-5), (key, case)
+            assert np.allclose(mode.last_uncalibrated, record["per_case"][case][key], atol=1e-5), (key, case)
+            assert np.allclose(probabilities, calibration.apply(mode.last_uncalibrated), atol=1e-6)  # inference returns them calibrated
 
 
 def test_subtypes_come_only_from_the_table(tiny_prepared, manifest, results) -> None:

@@ -156,7 +156,7 @@ def test_training_pools_over_the_ground_truth_lesion() -> None:
         net.eval()
         skips = net.encoder(x)
         net(x, guide)
-    w = torch.nn.functional.interpolate(guide, size=skips[-1].shape[2:], mode="area") + net.head.WEIGHT_FLOOR
+    w = torch.nn.functional.interpolate(guide, size=skips[-1].shape[2:], mode="area")
     expected = (skips[-1] * w).sum(dim=(2, 3, 4)) / w.sum(dim=(2, 3, 4))
     torch.testing.assert_close(captured["pooled"], expected)
     plain = build_multitask_network(None, REDUCED, 1, 3, True, HeadConfig(pooling="foreground"), has_regions=False)
@@ -172,7 +172,8 @@ def test_settings_from_profile_parameters(repo) -> None:
     demo = yaml.safe_load((repo / "notebooks" / "params" / "demo.yaml").read_text())
     s = settings_from_parameters(demo, num_classes=3)
     assert (s.num_epochs, s.iterations_per_epoch, s.initial_lr, s.save_every) == (demo["epochs"], demo["iterations_per_epoch"], demo["initial_lr"], demo["save_every"])
-    assert s.head.pooling == demo["pooling"] and s.head.num_classes == 3
+    assert {k: getattr(s.head, k) for k in demo["head"]} == {k: tuple(v) if isinstance(v, list) else v for k, v in demo["head"].items()} and s.head.num_classes == 3
+    assert s.head == HeadConfig()  # the profiles' head is the default
     assert s.schedule.phase1_epochs == demo["loss_schedule"]["phase1_epochs"]
     assert s.head_lr_factor == demo["trainer_extra"]["head_lr_factor"]
     gpu = settings_from_parameters(load_parameters(repo / "notebooks" / "params", "local"), num_classes=3)
@@ -188,3 +189,64 @@ def test_under_lesion_pooling_tiles_that_show_lesion_decide() -> None:
     assert torch.equal(tile_weight(seg, has_regions=True, pooling="foreground"), torch.ones(3))
     no_lesion = tile_weight(seg[[0, 2]], has_regions=True, pooling="lesion")  # no tile shows lesion: foreground decides
     assert no_lesion.min() > 0
+
+
+HEAD_VARIANTS = [
+    HeadConfig(pooling="avg"),  # the seed's
+    HeadConfig(pooling="lesion", reducer="mean_std"),
+    HeadConfig(pooling="lesion", reducer="attention"),
+    HeadConfig(pooling="lesion", source="encoder", stages=(0, 2)),
+    HeadConfig(pooling="lesion", source="decoder", reducer="mean_std"),
+]
+
+
+@pytest.mark.parametrize("head", HEAD_VARIANTS, ids=lambda h: h.describe())
+def test_head_variants_read_their_features_and_keep_nnunets_network(head) -> None:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    torch.manual_seed(0)
+    net = build_multitask_network(None, REDUCED, 1, 2, False, head, has_regions=True).eval()
+    features = REDUCED.network_arch_init_kwargs["features_per_stage"]
+    expected = {"bottleneck": [features[-1]], "decoder": [features[0]], "encoder": [features[s] for s in head.stages]}[head.source]
+    assert net.head.channels == expected
+    assert net.head.mlp[1].in_features == sum(expected) * (2 if head.reducer == "mean_std" else 1)
+    seen = {}
+    net.head.register_forward_pre_hook(lambda m, args: seen.update(shapes=[tuple(f.shape[1:]) for f in args[0]]))
+    x = torch.randn(2, 1, 16, 32, 32)
+    with torch.no_grad():
+        seg, logits = net.forward_with_class(x)
+    assert logits.shape == (2, 3) and [s[0] for s in seen["shapes"]] == expected
+    if head.source == "decoder":
+        assert seen["shapes"][0][1:] == (16, 32, 32)  # full resolution: what nnU-Net's segmentation layer sees
+    plain = nnUNetTrainer.build_network_architecture(None, REDUCED, 1, 2, False).eval()
+    missing, unexpected = plain.load_state_dict(net.state_dict(), strict=False)
+    assert not missing and all(k.startswith("head.") for k in unexpected)
+    with torch.no_grad():
+        torch.testing.assert_close(seg, plain(x))  # every variant leaves the segmentation exactly nnU-Net's
+
+
+def test_second_order_and_attention_pooling_stay_inside_the_mask() -> None:
+    features = torch.zeros(1, 1, 4, 4, 4)
+    features[0, 0, 2:] = torch.tensor([0.0, 4.0]).repeat(2, 4, 2)[:, :, :4]  # lower half: 0 and 4 alternating (sd 2)
+    features[0, 0, :2] = 100.0  # upper half: outside the mask, far away
+    weights = torch.zeros(1, 1, 4, 4, 4)
+    weights[0, 0, 2:] = 1.0
+    stats = ClassificationHead(1, HeadConfig(pooling="lesion", reducer="mean_std", hidden=4))
+    mean, std = stats.pool(0, features, weights)[0]
+    assert float(mean) == pytest.approx(2.0) and float(std) == pytest.approx(2.0, rel=1e-3)  # nothing of the upper half
+    empty = stats.pool(0, features, torch.zeros_like(weights))[0]  # an empty mask: the whole map
+    assert float(empty[0]) == pytest.approx(51.0, rel=1e-4)
+    attention = ClassificationHead(1, HeadConfig(pooling="lesion", reducer="attention", hidden=4))
+    torch.nn.init.zeros_(attention.attention[0].weight)
+    torch.nn.init.zeros_(attention.attention[0].bias)  # a flat score: attention is the masked average
+    assert float(attention.pool(0, features, weights)[0, 0]) == pytest.approx(2.0, rel=1e-4)
+    assert float(attention.pool(0, features, None)[0, 0]) == pytest.approx(51.0, rel=1e-4)  # no mask: every voxel
+
+
+def test_head_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="reducer"):
+        HeadConfig(reducer="max")
+    with pytest.raises(ValueError, match="out of range"):
+        build_multitask_network(None, REDUCED, 1, 2, False, HeadConfig(source="encoder", stages=(7,)), has_regions=True)
+    again = MultitaskSettings.from_dict(MultitaskSettings(head=HeadConfig(source="encoder", stages=(1, 2), pooling="avg")).to_dict())
+    assert again.head.stages == (1, 2) and again.head.describe() == "encoder stages 1,2 · avg · mean"

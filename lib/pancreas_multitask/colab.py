@@ -2,8 +2,9 @@
 
 Colab runs every notebook on its own machine, so each notebook's first cell calls ``ensure_session``.
 Each step is skipped when it is done already (a second call costs one ``git pull``); outside Colab
-nothing happens. Colab's preinstalled CUDA torch is kept: the requirements are installed under a
-constraints file that pins the torch/torchvision already there.
+nothing happens. Nothing Colab preinstalled is replaced (its CUDA torch, numpy, pandas, ... are what its own
+``google-colab`` package expects): only the requirements that are not installed at all are installed, under
+a constraints file that pins every installed distribution to its version (``install_requirements``).
 
 This module imports only the standard library: it runs before anything is installed.
 """
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 Runner = Callable[[Sequence[str]], object]
 
@@ -77,15 +81,49 @@ def ensure_repo(repo_dir: Path, repo_url: str, run: Runner = _run) -> str:
     return "cloned"
 
 
-def torch_constraints() -> str:
-    """A constraints file's text pinning the torch/torchvision installed now."""
-    lines = []
-    for name in ("torch", "torchvision"):
-        try:
-            lines.append(f"{name}=={importlib.metadata.version(name)}\n")
-        except importlib.metadata.PackageNotFoundError:
+def canonical_name(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``PyYAML`` and ``pyyaml``, ``scikit_learn`` and ``scikit-learn``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_distributions(python: str = sys.executable) -> dict[str, str]:
+    """``canonical name -> version`` of every distribution the interpreter ``python`` has (Colab's kernel, or a stand-in)."""
+    if python == sys.executable:
+        return {canonical_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    listing = subprocess.run([python, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"], check=True, capture_output=True, text=True)
+    return {canonical_name(d["name"]): d["version"] for d in json.loads(listing.stdout)}
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """What the Colab install does: install only what is missing, with everything installed pinned where it is."""
+
+    missing: tuple[str, ...]  # requirement lines of distributions not installed at all
+    kept: tuple[tuple[str, str, str], ...]  # (name, installed version, the version requirements.txt pins) where they differ
+    constraints: str  # ``name==version`` for every installed distribution, except those the user lets pip upgrade
+    upgrade: tuple[str, ...] = ()
+
+
+def plan_install(requirements: Path, installed: Mapping[str, str], upgrade: Sequence[str] = ()) -> InstallPlan:
+    """The install that replaces nothing already installed (``upgrade``: names the user allows pip to replace)."""
+    allowed = {canonical_name(n) for n in upgrade}
+    missing, kept = [], []
+    for line in requirements.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
             continue
-    return "".join(lines)
+        name, _, version = re.split(r"(==)", line, maxsplit=1) if "==" in line else (re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0], "", "")
+        name = canonical_name(name.strip())
+        if name not in installed or name in allowed:
+            missing.append(line)
+        elif version and installed[name] != version.strip():
+            kept.append((name, installed[name], version.strip()))
+    constraints = "".join(f"{name}=={version}\n" for name, version in sorted(installed.items()) if name not in allowed)
+    return InstallPlan(tuple(missing), tuple(kept), constraints, tuple(sorted(allowed)))
+
+
+class InstallConflict(RuntimeError):
+    """pip cannot install what is missing without replacing a preinstalled distribution."""
 
 
 def _imported_versions() -> dict[str, str]:
@@ -101,24 +139,44 @@ def _imported_versions() -> dict[str, str]:
     return versions
 
 
-def install_requirements(repo_dir: Path, state_dir: Path, run: Runner = _run) -> bool:
-    """pip-install requirements.txt and the package under the torch constraints; True when it ran.
+def install_requirements(repo_dir: Path, state_dir: Path, run: Runner = _run, *, python: str = sys.executable, upgrade: Sequence[str] = (),
+                         dry_run_report: Path | None = None) -> bool:
+    """Install what the project needs and Colab lacks, replacing nothing Colab installed; True when pip ran.
 
-    A stamp in ``state_dir`` (which lives as long as the installed packages) keyed on the hash of
-    requirements.txt, pyproject.toml and the constraints skips an install that is done. Raises
+    Every installed distribution is pinned to its installed version in a constraints file (torch and
+    torchvision included), and only the requirements not installed at all are asked for; a preinstalled
+    version other than the one requirements.txt pins is kept and listed. When pip cannot resolve that
+    (a missing package needs a newer version of a preinstalled one) ``InstallConflict`` says so with pip's
+    reason; ``upgrade`` names the distributions the user lets pip replace. ``dry_run_report``: resolve
+    only (``pip install --dry-run --report``), install nothing. A stamp in ``state_dir`` keyed on the
+    requirements, pyproject.toml and the constraints skips an install that is done. Raises
     ``RestartRequired`` (after stamping) when the install replaced a package the kernel had imported.
     """
-    constraints = torch_constraints()
-    wanted = (repo_dir / "requirements.txt").read_bytes() + (repo_dir / "pyproject.toml").read_bytes() + constraints.encode()
+    plan = plan_install(repo_dir / "requirements.txt", installed_distributions(python), upgrade)
+    wanted = (repo_dir / "requirements.txt").read_bytes() + (repo_dir / "pyproject.toml").read_bytes() + plan.constraints.encode()
     stamp = state_dir / (STAMP_PREFIX + hashlib.sha256(wanted).hexdigest()[:16])
-    if stamp.exists():
+    if stamp.exists() and dry_run_report is None:
         return False
     state_dir.mkdir(parents=True, exist_ok=True)
     constraints_file = state_dir / CONSTRAINTS_FILE
-    constraints_file.write_text(constraints)
+    constraints_file.write_text(plan.constraints)
+    for name, have, pinned in plan.kept:
+        print(f"kept the preinstalled {name} {have} (the project pins {pinned})")
     before = _imported_versions()
-    pip = [sys.executable, "-m", "pip", "install", "-q", "-c", str(constraints_file)]
-    run([*pip, "-r", str(repo_dir / "requirements.txt")])
+    pip = [python, "-m", "pip", "install", "-q", "-c", str(constraints_file)]
+    dry = ["--dry-run", "--report", str(dry_run_report)] if dry_run_report is not None else []
+    if plan.missing:
+        try:
+            run([*pip, *dry, *plan.missing])
+        except subprocess.CalledProcessError as exc:
+            reason = (exc.stderr or exc.stdout or "") if isinstance(exc.stderr or exc.stdout, str) else ""
+            raise InstallConflict(
+                f"pip cannot install {', '.join(plan.missing)} without replacing a package Colab installed"
+                f"{': ' + reason.strip()[-1500:] if reason else ' (pip printed which, above)'}\nTo let pip replace the ones it names (Colab features that need "
+                "them may break), call ensure_session(repo_url, upgrade=[...names...]); or keep Colab's and use the local profile."
+            ) from exc
+    if dry_run_report is not None:
+        return True
     run([*pip, "--no-deps", "-e", str(repo_dir)])
     for old in state_dir.glob(STAMP_PREFIX + "*"):
         old.unlink()
@@ -139,11 +197,13 @@ def ensure_session(
     repo_dir: Path | None = None,
     state_dir: Path | None = None,
     run: Runner = _run,
+    upgrade: Sequence[str] = (),
 ) -> Path | None:
     """Make a Colab kernel ready for the notebooks; outside Colab do nothing and return None.
 
     In Colab: ``DRIVE_ROOT`` defaults to ``DRIVE_MOUNT``; Drive is mounted there (``mount``, skipped
-    when mounted); the repository is cloned or pulled, the requirements installed unless stamped,
+    when mounted); the repository is cloned or pulled, what is missing installed unless stamped (nothing
+    Colab installed is replaced, except the distributions named in ``upgrade``: ``install_requirements``),
     its ``lib`` put on ``sys.path`` and the working folder set to its ``notebooks/``; returns the
     repository. Headless (papermill) only the Drive default and check run: nothing prompts,
     clones or installs, and None is returned.
@@ -158,7 +218,7 @@ def ensure_session(
         return None
     repo = repo_dir or default_repo_dir()
     print(f"repository: {ensure_repo(repo, repo_url, run)} ({repo})")
-    installed = install_requirements(repo, state_dir or Path(sys.prefix), run)
+    installed = install_requirements(repo, state_dir or Path(sys.prefix), run, upgrade=upgrade)
     print("packages:", "installed" if installed else "up to date")
     lib = str(repo / "lib")
     if lib not in sys.path:

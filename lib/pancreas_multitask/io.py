@@ -206,3 +206,13 @@ def update_text(target: str | os.PathLike[str], text: str) -> bool:
         return False
     write_text(path, text)
     return True
+
+
+def write_benchmark(target: str | os.PathLike[str], result: Any, markdown: str) -> None:
+    """A benchmark's JSON at ``target`` and its Markdown table beside it (``.md``), each atomically; prints the table."""
+    target = Path(target)
+    write_json(target, result)
+    write_text(target.with_suffix(".md"), markdown)
+    print(markdown)
+    print(f"wrote {target} and {target.with_suffix('.md')}")
+

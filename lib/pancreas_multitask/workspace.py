@@ -8,6 +8,7 @@ the raw cases of a split come from the case table that the prepare stage wrote f
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -79,6 +80,16 @@ class Workspace:
     @property
     def exports(self) -> Path:
         return self.paths.work / "exports"
+
+    def selection_split(self) -> str:
+        """Which cases chose this fold's checkpoint, postprocessing and subtype temperature: the given validation split,
+        or under ``split_mode: cv5`` the fold's held-out train cases (the prepare record says which mode)."""
+        record = self.record("prepare")
+        mode = json.loads(record.read_text()).get("split_mode", "given") if record.is_file() else "given"
+        train_split, val_split = self.manifest.layout.labeled_splits[:2]
+        if mode == "cv5":
+            return f"{train_split} (the held-out cases of fold {self.fold} of the 5-fold CV; the {val_split} split chose nothing)"
+        return val_split
 
     # ---- cases ---------------------------------------------------------------------------------------
     @property

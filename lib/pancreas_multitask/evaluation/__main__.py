@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluate import METRICS_JSON, PER_CASE_CSV, clear_outputs, evaluate_folder
     from ..dataset.ground_truth import read_answer_key, read_quiz_layout
     from .report import REPORT_NAME, collect_provenance, write_report
+    from .stage import data_note
     from ..postprocessing import UNPROCESSED
 
     try:
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         parameters = {key: str(value) for key, value in vars(args).items() if value is not None}
         provenance = collect_provenance(REPO, args.manifest, args.profile, parameters, args.device)
         report = write_report(
-            result, args.output_folder / REPORT_NAME, checkpoint_split=args.checkpoint_split, evaluated_split=evaluated,
+            result, args.output_folder / REPORT_NAME, checkpoint_split=args.checkpoint_split, evaluated_split=evaluated, display_roots=(Path.cwd(),),
+            data_note=data_note(args.validation_data if args.validation_data is not None else (args.answer_key if args.answer_key.is_dir() else args.answer_key.parent)),
             training_metrics=args.training_metrics, inference=args.inference_json, benchmark=args.benchmark_json,
             provenance=provenance, worst_n=args.worst_n,
         )

@@ -22,17 +22,19 @@ import numpy as np
 import pandas as pd
 
 from ..io import remove_stale_temporaries, write_json, write_text
+from ..model.folders import PROB_PREFIX, UNCALIBRATED_PREFIX
 from ..runtime import progress
 from ..dataset.ground_truth import FILE_ENDING, GroundTruthCase, case_id, read_names_csv
-from .metrics import classification_metrics, evaluate_case, macro_f1_ci, mean_ci
+from .metrics import NSD_TOLERANCE_MM, bootstrap_ci, classification_metrics, evaluate_case, macro_f1_ci, mean_ci
 
 TARGETS = {"dsc_pancreas": 0.91, "dsc_lesion": 0.31, "macro_f1": 0.70}
 TARGET_LABELS = {"dsc_pancreas": "whole-pancreas DSC", "dsc_lesion": "lesion DSC", "macro_f1": "subtype macro-F1"}
-PER_CASE_COLUMNS = ["case", "mask_file", "image_file", "gt_file", "pred_file", "subtype_true", "subtype_pred", "prob_pred", "dsc_pancreas", "dsc_lesion"]
 DSC_KEYS = ("dsc_pancreas", "dsc_lesion")
+SURFACE_KEYS = ("nsd_pancreas", "nsd_lesion", "hd95_pancreas", "hd95_lesion")
+PER_CASE_COLUMNS = ["case", "mask_file", "image_file", "gt_file", "pred_file", "subtype_true", "subtype_pred", "prob_pred", "prob_pred_uncalibrated",
+                    *DSC_KEYS, *SURFACE_KEYS, "lesion_detected"]
 NO_PP_SUFFIX = "_no_postprocessing"  # per-case columns of the masks before nnU-Net's postprocessing
 METRICS_JSON, PER_CASE_CSV = "metrics.json", "per_case.csv"
-PROB_PREFIX = "prob_"
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def per_case_table(ground_truth: Sequence[GroundTruthCase], masks: dict[str, Pat
     records, mismatched = [], []
     for c in progress(ground_truth, "evaluate", unit="case"):
         pred_file, row = masks.get(c.case), rows.get(c.case)
-        dsc = {"dsc_pancreas": math.nan, "dsc_lesion": math.nan}
+        dsc = dict.fromkeys((*DSC_KEYS, *SURFACE_KEYS, "lesion_detected"), math.nan)
         if pred_file is not None:
             try:
                 dsc = evaluate_case(c.gt_file, pred_file)
@@ -97,9 +99,11 @@ def per_case_table(ground_truth: Sequence[GroundTruthCase], masks: dict[str, Pat
                 mismatched.append(str(exc))
         subtype_pred = int(row["Subtype"]) if row is not None else None
         prob = float(row[prob_columns[subtype_pred]]) if row is not None and subtype_pred < len(prob_columns) else math.nan
+        uncalibrated = f"{UNCALIBRATED_PREFIX}{prob_columns[subtype_pred].removeprefix(PROB_PREFIX)}" if row is not None and subtype_pred < len(prob_columns) else None
         records.append({
             "case": c.case, "mask_file": c.mask_file, "image_file": str(c.image_file or ""), "gt_file": str(c.gt_file),
-            "pred_file": str(pred_file or ""), "subtype_true": c.subtype, "subtype_pred": subtype_pred, "prob_pred": prob, **dsc,
+            "pred_file": str(pred_file or ""), "subtype_true": c.subtype, "subtype_pred": subtype_pred, "prob_pred": prob,
+            "prob_pred_uncalibrated": float(row[uncalibrated]) if uncalibrated is not None and uncalibrated in row.index else math.nan, **dsc,
         })
     if mismatched:
         raise ValueError(f"{len(mismatched)} predicted mask(s) cannot be scored against their ground truth:\n" + "\n".join(mismatched))
@@ -114,6 +118,15 @@ def segmentation_summary(values: pd.Series, resamples: int, seed: int) -> dict[s
     if len(values) == 0:
         return {"n": 0, "mean": None, "median": None, "ci95": None}
     return {"n": len(values), "mean": float(values.mean()), "median": float(np.median(values)), "ci95": list(mean_ci(values, resamples=resamples, seed=seed))}
+
+
+def detection_summary(detected: pd.Series, resamples: int, seed: int) -> dict[str, Any]:
+    """Share of the cases with a true lesion whose predicted lesion overlaps it (at least one voxel), with its bootstrap CI."""
+    values = detected.dropna().to_numpy(dtype=float)
+    base = {"definition": "predicted lesion overlaps the true lesion by at least one voxel; cases without a true lesion left out", "n": len(values)}
+    if len(values) == 0:
+        return {**base, "detected": 0, "rate": None, "ci95": None}
+    return {**base, "detected": int(values.sum()), "rate": float(values.mean()), "ci95": list(mean_ci(values, resamples=resamples, seed=seed))}
 
 
 def classification_not_assessable(frame: pd.DataFrame, class_names: Sequence[str]) -> str | None:
@@ -145,6 +158,28 @@ def classification_summary(frame: pd.DataFrame, class_names: Sequence[str], resa
     for entry in metrics["per_class"]:
         entry["name"] = class_names[entry["label"]]
     return {"n": len(known), **metrics, "macro_f1_ci95": list(macro_f1_ci(y_true, y_pred, len(class_names), resamples=resamples, seed=seed)), "class_names": list(class_names)}
+
+
+def calibration_summary(ground_truth: Sequence[GroundTruthCase], rows: dict[str, pd.Series], class_names: Sequence[str], resamples: int, seed: int) -> dict[str, Any] | None:
+    """Top-label ECE (with a bootstrap CI) and reliability bins of the CSV's probabilities, and of the uncalibrated ones
+    beside them when the CSV has them (``uncalibrated_prob_*``); None without probability columns."""
+    from ..model.calibration import ECE_BINS, reliability_bins, top_label_ece
+
+    labelled = [(c.subtype, rows[c.case]) for c in ground_truth if c.case in rows]
+    out: dict[str, Any] = {"bins": ECE_BINS, "n": len(labelled), "ece": "top-label expected calibration error, equal-width confidence bins"}
+    for key, prefix in (("calibrated", PROB_PREFIX), ("uncalibrated", UNCALIBRATED_PREFIX)):
+        columns = [f"{prefix}{name}" for name in class_names]
+        if not labelled or any(col not in row.index for _, row in labelled for col in columns):
+            continue
+        probabilities = np.array([[float(row[col]) for col in columns] for _, row in labelled])
+        truth = np.array([t for t, _ in labelled])
+        confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == truth
+        out[key] = {
+            "ece": float(top_label_ece(confidence[None], correct[None])[0]),
+            "ece_ci95": list(bootstrap_ci(lambda idx: top_label_ece(confidence[idx], correct[idx]), len(truth), resamples=resamples, seed=seed)),
+            "reliability": reliability_bins(probabilities, truth),
+        }
+    return out if "calibrated" in out else None
 
 
 def target_table(segmentation: dict[str, dict], classification: dict | None, complete: bool = True) -> dict[str, dict[str, Any]]:
@@ -204,15 +239,20 @@ def evaluate_folder(
 
     per_case = per_case_table(ground_truth, masks, rows, [c for c in frame.columns if c.startswith(PROB_PREFIX)])
     segmentation = {key: segmentation_summary(per_case[key], resamples, seed) for key in DSC_KEYS}
+    surface = {key: segmentation_summary(per_case[key], resamples, seed) for key in SURFACE_KEYS}
     postprocessing = None
     if unprocessed_folder is not None:
         per_case, postprocessing = compare_postprocessing(per_case, ground_truth, Path(unprocessed_folder), resamples, seed)
         postprocessing["chosen_on"] = postprocessing_chosen_on
     classification = classification_summary(per_case, names, resamples, seed)
+    if classification is not None:
+        classification["calibration"] = calibration_summary(ground_truth, rows, names, resamples, seed)
     summary = {
         "sources": {"ground_truth": ground_truth_source, "prediction_folder": str(prediction_folder), "prediction_csv": str(prediction_csv)},
         "n_ground_truth_cases": len(ground_truth),
         "segmentation": segmentation,
+        "surface": {**surface, "nsd_tolerance_mm": NSD_TOLERANCE_MM, "source": "monai.metrics (compute_surface_dice, compute_hausdorff_distance), voxel spacing in mm"},
+        "lesion_detection": detection_summary(per_case["lesion_detected"], resamples, seed),
         "classification": classification,
         "classification_not_assessable": classification_not_assessable(per_case, names),
         "targets": target_table(segmentation, classification, complete=not missing),
@@ -221,6 +261,7 @@ def evaluate_folder(
         "unexpected_predictions": unexpected,
         "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "method": "percentile, cases resampled with replacement"},
         "dice_convention": "both masks empty -> 1.0, exactly one empty -> 0.0",
+        "surface_convention": "both masks empty -> NSD 1.0, HD95 0 mm; exactly one empty -> NSD 0.0, HD95 = the image diagonal in mm",
     }
     result = EvaluationResult(summary=summary, per_case=per_case, class_names=names)
     if output_folder is not None:
@@ -234,7 +275,7 @@ def compare_postprocessing(per_case: pd.DataFrame, ground_truth: Sequence[Ground
     by_case = {c.case: c for c in ground_truth}
     values: dict[str, list[float]] = {f"{key}{NO_PP_SUFFIX}": [] for key in DSC_KEYS}
     for case in per_case["case"]:
-        dsc = evaluate_case(by_case[case].gt_file, unprocessed[case]) if case in unprocessed else dict.fromkeys(DSC_KEYS, math.nan)
+        dsc = evaluate_case(by_case[case].gt_file, unprocessed[case], surface=False) if case in unprocessed else dict.fromkeys(DSC_KEYS, math.nan)
         for key in DSC_KEYS:
             values[f"{key}{NO_PP_SUFFIX}"].append(dsc[key])
     per_case = per_case.assign(**values)

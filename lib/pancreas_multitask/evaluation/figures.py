@@ -8,7 +8,7 @@ up in coronal and sagittal, anterior on the left in sagittal), with the aspect f
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -112,5 +112,30 @@ def dsc_by_subtype(per_case: pd.DataFrame, class_names: Sequence[str]) -> Figure
         ax.set_ylabel("DSC")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(calibration: Mapping[str, Any]) -> Figure:
+    """Accuracy against mean top-label confidence per confidence bin, before and after temperature scaling
+    (``calibration``: ``metrics.json``'s ``classification.calibration``); marker area grows with the bin's cases."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], color="#888888", linestyle="--", linewidth=1, label="perfect calibration")
+    styles = {"uncalibrated": ("#c0392b", "s", "before (uncalibrated)"), "calibrated": ("#1f4e79", "o", "after temperature scaling")}
+    if "uncalibrated" not in calibration:
+        styles["calibrated"] = ("#1f4e79", "o", "the CSV's probabilities")
+    for key, (colour, marker, label) in styles.items():
+        if key not in calibration:
+            continue
+        bins = calibration[key]["reliability"]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], color=colour, linewidth=1)
+        ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], s=[20 + 12 * b["count"] for b in bins], color=colour, marker=marker,
+                   label=f"{label}: ECE {calibration[key]['ece']:.3f}", alpha=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("mean confidence of the predicted subtype (bin)")
+    ax.set_ylabel("accuracy (bin)")
+    ax.set_title(f"reliability, {calibration['n']} cases, {calibration['bins']} bins")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,7 +26,7 @@ from ..io import write_text
 from ..runtime import git_revision, library_versions
 from ..visualization import training_curves
 from .evaluate import TARGET_LABELS, EvaluationResult, worst_first
-from .figures import confusion_heatmap, dsc_by_subtype, worst_case_montage
+from .figures import confusion_heatmap, dsc_by_subtype, reliability_diagram, worst_case_montage
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
@@ -60,13 +61,32 @@ LONG_LIST = 6  # longer lists of plain values are summarised in a table cell
 
 
 def _cell(value: Any) -> str:
+    """A readable table cell: numbers to 4 significant digits, short lists joined, mappings as ``key value`` pairs (never JSON)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return f"{len(value)} values" if len(value) > LONG_LIST else ", ".join(_cell(v) for v in value)
     if isinstance(value, Mapping):
-        return json.dumps(value, default=str)
-    return "n/a" if value is None else str(value)
+        return "; ".join(f"{k} {_cell(v)}" for k, v in value.items()) if len(value) <= LONG_LIST else f"{len(value)} entries"
+    return "n/a" if value is None else _display_path(str(value))
+
+
+DISPLAY_ROOTS: ContextVar[tuple[Path, ...]] = ContextVar("display_roots", default=())  # absolute paths under these show relative (write_report sets them)
+
+
+def _display_path(text: str) -> str:
+    """An absolute path under one of ``DISPLAY_ROOTS`` as the relative path a reader can find from the repository; other text as it is."""
+    if not text.startswith("/"):
+        return text
+    path = Path(text)
+    for root in DISPLAY_ROOTS.get():
+        try:
+            return str(path.relative_to(root)) or "."
+        except ValueError:
+            continue
+    return text
 
 
 def _is_records(value: Any) -> bool:
@@ -115,6 +135,37 @@ def benchmark_tables(benchmark: Mapping[str, Any]) -> list[dict[str, Any]] | Non
     return [records_table(benchmark["rows"], "benchmark")] + mapping_tables({k: v for k, v in benchmark.items() if k != "rows"}, "benchmark settings")
 
 
+def markdown_blocks(text: str) -> list[dict[str, Any]]:
+    """A benchmark's Markdown (what the README shows): pipe tables as tables, other lines as paragraphs (``**x**`` and
+    backticks dropped); the report shows the same table as the README instead of the JSON's every field."""
+    blocks: list[dict[str, Any]] = []
+    rows: list[list[str]] = []
+    clean = lambda cell: cell.strip().replace("**", "").replace("`", "")  # noqa: E731
+    for line in [*text.splitlines(), ""]:
+        if line.strip().startswith("|"):
+            cells = [clean(c) for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+            continue
+        if rows:
+            blocks.append({"title": "", "columns": rows[0], "rows": rows[1:]})
+            rows = []
+        if line.strip():
+            blocks.append({"text": clean(line)})
+    return blocks
+
+
+def benchmark_label(benchmark: Mapping[str, Any], provenance: Mapping[str, Any] | None) -> str:
+    """Which run measured the benchmark: its date and revision, and whether that is this run's revision."""
+    date, revision = benchmark.get("date"), benchmark.get("git_revision")
+    this = (provenance or {}).get("git_revision")
+    name = benchmark.get("benchmark", "benchmark")
+    when = f"measured {date}" if date else "date not recorded"
+    at = f"at revision {str(revision)[:12]}" if revision else "revision not recorded"
+    same = revision is not None and this is not None and str(revision).removesuffix("+dirty") == str(this).removesuffix("+dirty")
+    return f"{name}: {when}, {at}" + (" (this run's revision)" if same else ", not in this run (read from its JSON)")
+
+
 def _load_json(value: Mapping[str, Any] | str | os.PathLike[str] | None) -> tuple[Mapping[str, Any] | None, str]:
     """(data, why not available)."""
     if value is None:
@@ -146,7 +197,8 @@ def collect_provenance(repo_root: str | os.PathLike[str], manifest_path: str | o
 def _splits_line(checkpoint_split: str, evaluated_split: str) -> tuple[str, bool]:
     """The line naming both splits, and whether they are the same split (first word compared)."""
     first = [text.strip().lower().split()[0] if text.strip() else "" for text in (checkpoint_split, evaluated_split)]
-    return f"Checkpoint selected on: {checkpoint_split}. Evaluated split: {evaluated_split}.", bool(first[0]) and first[0] == first[1]
+    return (f"Checkpoint, postprocessing and subtype temperature chosen on: {checkpoint_split}. Evaluated split: {evaluated_split}.",
+            bool(first[0]) and first[0] == first[1])
 
 
 def _summary_rows(result: EvaluationResult) -> list[dict[str, str]]:
@@ -179,7 +231,40 @@ def _classification(result: EvaluationResult) -> dict[str, Any] | None:
         return None
     per_class = [{"name": c["name"], "precision": fmt(c["precision"]), "recall": fmt(c["recall"]), "f1": fmt(c["f1"]), "support": c["support"]} for c in summary["per_class"]]
     return {"n": summary["n"], "macro_f1": fmt(summary["macro_f1"]), "macro_f1_ci": fmt_ci(summary["macro_f1_ci95"]), "accuracy": fmt(summary["accuracy"]),
-            "per_class": per_class, "heatmap": figure_data_uri(confusion_heatmap(summary["confusion_matrix"], result.class_names))}
+            "per_class": per_class, "heatmap": figure_data_uri(confusion_heatmap(summary["confusion_matrix"], result.class_names)),
+            "calibration": _calibration(summary.get("calibration"))}
+
+
+def _calibration(calibration: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """ECE before and after temperature scaling, with CIs, and the reliability diagram."""
+    if not calibration:
+        return None
+    rows = [{"label": label, "ece": fmt(calibration[key]["ece"]), "ci": fmt_ci(calibration[key]["ece_ci95"])}
+            for key, label in (("uncalibrated", "before (uncalibrated)"), ("calibrated", "after temperature scaling" if "uncalibrated" in calibration else "the CSV's probabilities"))
+            if key in calibration]
+    return {"rows": rows, "n": calibration["n"], "bins": calibration["bins"], "figure": figure_data_uri(reliability_diagram(calibration))}
+
+
+def _surface(result: EvaluationResult) -> dict[str, Any] | None:
+    """Mean DSC, NSD and HD95 per structure with CIs, and the lesion detection rate (``metrics.json``)."""
+    summary = result.summary
+    surface = summary.get("surface")
+    if not surface:
+        return None
+    rows = []
+    for name, label in (("pancreas", "whole pancreas"), ("lesion", "lesion")):
+        dsc, nsd, hd = summary["segmentation"][f"dsc_{name}"], surface[f"nsd_{name}"], surface[f"hd95_{name}"]
+        rows.append({"label": label, "dsc": f"{fmt(dsc['mean'])} {fmt_ci(dsc['ci95'])}", "nsd": f"{fmt(nsd['mean'])} {fmt_ci(nsd['ci95'])}",
+                     "hd95": f"{fmt(hd['mean'], 1)} [{fmt(hd['ci95'][0], 1)}, {fmt(hd['ci95'][1], 1)}]" if hd["ci95"] else "n/a", "n": dsc["n"]})
+    detection = summary["lesion_detection"]
+    return {"rows": rows, "tolerance": f"{surface['nsd_tolerance_mm']:g}", "detection": detection,
+            "detection_text": "n/a" if detection["rate"] is None else f"{fmt(detection['rate'])} {fmt_ci(detection['ci95'])} ({detection['detected']} of {detection['n']} cases)"}
+
+
+def _temperatures(inference: Mapping[str, Any] | None) -> list[str]:
+    """One line per fold of the model that predicted: its temperature and where it was fitted (``inference.json``)."""
+    calibration = (inference or {}).get("calibration") or {}
+    return [f"{fold}: temperature {c['temperature']:.3f}, {c['fitted_on']}" for fold, c in calibration.items()]
 
 
 def _postprocessing(result: EvaluationResult) -> dict[str, Any] | None:
@@ -222,19 +307,33 @@ def write_report(
     benchmark: Mapping[str, Any] | str | os.PathLike[str] | None = None,
     provenance: Mapping[str, Any] | None = None,
     worst_n: int = 3,
+    display_roots: Sequence[str | os.PathLike[str]] = (),
+    data_note: str = "",
 ) -> Path:
     """Render the report to ``output_html`` (atomically) and return its path.
 
     ``training_metrics``: the trainer's per-epoch CSV (path or frame); ``inference``: ``inference.json``
     (path or dict); ``benchmark``: a JSON whose ``rows`` list becomes a table; ``provenance``: see
-    ``collect_provenance``. The worst cases are ordered by the lower of their two DSCs.
+    ``collect_provenance``. The worst cases are ordered by the lower of their two DSCs. Absolute paths under
+    ``display_roots`` (the repository) are shown relative to them. ``data_note``: a warning on the first screen
+    (the synthetic phantom's numbers are not results on CT).
     """
-    output_html = Path(output_html)
+    token = DISPLAY_ROOTS.set(tuple(Path(r).resolve() for r in display_roots))
+    try:
+        return _write_report(result, Path(output_html), checkpoint_split, evaluated_split, training_metrics, inference, benchmark, provenance, worst_n, data_note)
+    finally:
+        DISPLAY_ROOTS.reset(token)
+
+
+def _write_report(result: EvaluationResult, output_html: Path, checkpoint_split: str, evaluated_split: str, training_metrics, inference, benchmark,
+                  provenance: Mapping[str, Any] | None, worst_n: int, data_note: str) -> Path:
     summary = result.summary
     splits, same_split = _splits_line(checkpoint_split, evaluated_split)
     inference_data, inference_missing = _load_json(inference)
     benchmark_data, benchmark_missing = _load_json(benchmark)
     benchmark_content = benchmark_tables(benchmark_data) if benchmark_data is not None else None
+    markdown_file = Path(benchmark).with_suffix(".md") if isinstance(benchmark, (str, os.PathLike)) else None
+    benchmark_markdown = markdown_blocks(markdown_file.read_text()) if markdown_file is not None and markdown_file.is_file() and benchmark_content else None
     if benchmark_data is not None and benchmark_content is None:
         benchmark_missing = "the benchmark JSON has no 'rows' list"
     worst = worst_first(result.per_case)
@@ -244,6 +343,7 @@ def write_report(
         "title": f"Evaluation: {evaluated_split}",
         "splits": splits,
         "optimistic": same_split,
+        "data_note": data_note,
         "n_ground_truth": summary["n_ground_truth_cases"],
         "n_segmentation": segmentation["dsc_pancreas"]["n"],
         "summary_rows": _summary_rows(result),
@@ -253,8 +353,10 @@ def write_report(
         "unexpected": summary["unexpected_predictions"],
         "sources": summary["sources"],
         "classification": _classification(result),
+        "temperatures": _temperatures(inference_data),
         "classification_not_assessable": summary.get("classification_not_assessable"),
         "postprocessing": _postprocessing(result),
+        "surface": _surface(result),
         "dsc_figure": figure_data_uri(dsc_by_subtype(result.per_case, result.class_names)) if segmentation["dsc_pancreas"]["n"] else None,
         "per_case": _per_case_rows(result),
         "montage": figure_data_uri(worst_case_montage(worst, result.class_names)) if len(worst) else None,
@@ -262,11 +364,14 @@ def write_report(
         "inference_tables": mapping_tables(inference_data, "inference") if inference_data is not None else None,
         "inference_missing": inference_missing,
         "benchmark_tables": benchmark_content,
+        "benchmark_markdown": benchmark_markdown,
+        "benchmark_label": benchmark_label(benchmark_data, provenance) if benchmark_content else "",
         "benchmark_missing": benchmark_missing,
         "provenance_tables": mapping_tables(provenance, "provenance") if provenance else None,
     }
     # last: training_curves sets seaborn's theme, which would restyle the figures above
     context["training_figure"], context["training_missing"] = _training(training_metrics)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["display_path"] = _display_path
     write_text(output_html, env.get_template(TEMPLATE).render(**context))
     return output_html

@@ -65,13 +65,24 @@ def evaluation_jobs(workspace: Workspace, params: Mapping[str, Any]) -> tuple[di
     return jobs, skipped
 
 
+def data_note(folder: Path) -> str:
+    """The report's first-screen warning when ``folder`` (a raw quiz folder, a split in it, or an answer-key folder)
+    holds the synthetic phantom: the phantom stamps its raw and answer folders."""
+    from ..dataset.phantom import STAMP
+
+    if not any((f / STAMP).is_file() for f in (folder, folder.parent)):
+        return ""
+    return ("Synthetic phantom data (the demo): these numbers show that the pipeline works end to end, "
+            "not how well it segments or classifies real CT. Real-CT numbers: the realct profile and the README.")
+
+
 def evaluate(workspace: Workspace, params: Mapping[str, Any], report_dir: Path, provenance: Mapping[str, Any] | None = None, benchmark: Path | None = None) -> EvaluationRecord:
     """Score every job and write its report; the main report (``evaluation.html``) is the test split's when it
     has ground truth (held out from training and every choice), otherwise the first split's."""
     jobs, skipped = evaluation_jobs(workspace, params)
     for line in skipped:
         print(line, flush=True)
-    checkpoint_split = params.get("checkpoint_split") or "validation"
+    checkpoint_split = params.get("checkpoint_split") or workspace.selection_split()
     results = {}
     for split, job in jobs.items():
         csv = Path(params["prediction_csv"]) if params.get("prediction_csv") else job.predictions / SUBTYPE_CSV
@@ -89,7 +100,7 @@ def evaluate(workspace: Workspace, params: Mapping[str, Any], report_dir: Path, 
             checkpoint_split=checkpoint_split, evaluated_split=split,
             training_metrics=training_metrics if training_metrics.is_file() else None,
             inference=workspace.record("inference"), benchmark=benchmark if benchmark is not None and benchmark.is_file() else None,
-            provenance=provenance, worst_n=int(params.get("worst_n", 3)),
+            provenance=provenance, worst_n=int(params.get("worst_n", 3)), display_roots=(workspace.manifest.path.parent,), data_note=data_note(workspace.paths.raw),
         )
         for split, result in results.items()
     }

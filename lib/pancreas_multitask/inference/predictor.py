@@ -30,11 +30,12 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from ..io import VolumeError, atomic_path, check_complete, ensure_writable, is_temporary, remove_stale_temporaries, write_json, write_text
 from ..runtime import is_headless, progress
 from ..model.network import MultitaskNetwork, build_multitask_network
-from ..model.folders import SUBTYPE_CSV, TRAINER_NAME
+from ..model.folders import PROB_PREFIX, SUBTYPE_CSV, TRAINER_NAME, UNCALIBRATED_PREFIX
 from ..model.settings import MultitaskSettings
 from ..postprocessing import UNPROCESSED, Postprocessing, load_postprocessing, postprocessing_file
 from ..postprocessing import apply as apply_postprocessing
 from ..model.aggregation import aggregate_class_probabilities, tile_weight
+from ..model.calibration import CALIBRATION_FILE, Calibration
 
 CSV_NAME = SUBTYPE_CSV
 SIDECAR = ".subtype.json"  # per-case class probabilities and timing; the CSV is rebuilt from them
@@ -136,6 +137,9 @@ class MultitaskPredictor(nnUNetPredictor):
         self._forward_with_class = None  # set by use_network
         self._one_pass_at_a_time = False  # set when the GPU ran out of memory with batched passes
         self._checkpoints: list[Path] = []
+        self.calibrations: list[Calibration] = [Calibration(fitted_on="not fitted (the network's own weights)")]
+        self.last_uncalibrated: np.ndarray | None = None  # the last case's probabilities before calibration (mean over folds)
+        self._fold_starts: list[int] = []
 
     def use_postprocessing_of(self, model_folder: str | Path, folds: Sequence[int | str]) -> None:
         """Apply the model's nnU-Net postprocessing (``postprocessing.pkl``) to every exported mask, if it has one."""
@@ -224,6 +228,7 @@ class MultitaskPredictor(nnUNetPredictor):
         network.eval()
         self.use_network(network, plans_manager, configuration_manager, dataset_json, mirror_axes, parameters)
         self._checkpoints = [model_folder / f"fold_{fold}" / checkpoint_name for fold in folds]
+        self.calibrations = [Calibration.load(model_folder / f"fold_{fold}") for fold in folds]
 
     def use_network(self, network: MultitaskNetwork, plans_manager: PlansManager, configuration_manager: ConfigurationManager, dataset_json: dict,
                     mirror_axes: Sequence[int] | None, parameters: list[dict] | None = None) -> None:
@@ -244,12 +249,13 @@ class MultitaskPredictor(nnUNetPredictor):
         self.export_configuration = torch_export_configuration(configuration_manager, self.device) if self.mode.device_export else configuration_manager
 
     def fingerprint(self) -> str:
-        """What produced a result: the checkpoints' bytes, the sliding-window settings and the postprocessing.
+        """What produced a result: the checkpoints' and calibrations' bytes, the sliding-window settings and the postprocessing.
 
         A re-run skips a finished case only when it was made by the same fingerprint from the same input file.
         """
         digest = hashlib.sha256()
-        for path in [*self._checkpoints, *([self.postprocessing_source] if self.postprocessing is not None and self.postprocessing_source else [])]:
+        calibrations = [c.parent / CALIBRATION_FILE for c in self._checkpoints if (c.parent / CALIBRATION_FILE).is_file()]
+        for path in [*self._checkpoints, *calibrations, *([self.postprocessing_source] if self.postprocessing is not None and self.postprocessing_source else [])]:
             digest.update(path.name.encode())
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
@@ -314,10 +320,13 @@ class MultitaskPredictor(nnUNetPredictor):
     def predict_preprocessed(self, data: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The sliding window over preprocessed data: logits on that grid (on the CPU) and the subtype probabilities.
 
-        The one case-level estimator: inference and the trainer's case-level validation both call this.
+        The one case-level estimator: inference and the trainer's case-level validation both call this. With
+        several folds, each fold's probabilities are calibrated with its own temperature, then averaged (nnU-Net
+        averages the folds' logits for the segmentation); ``last_uncalibrated`` keeps the average before calibration.
         """
         self._tiles[0].clear()
         self._tiles[1].clear()
+        self._fold_starts.clear()
         hook = self._network_module.register_forward_hook(self._collect_tile) if self._nnunet_passes else None
         try:
             if self.list_of_parameters is None:  # the network's own weights (training)
@@ -327,8 +336,22 @@ class MultitaskPredictor(nnUNetPredictor):
         finally:
             if hook is not None:
                 hook.remove()
-        probabilities = aggregate_class_probabilities(torch.cat(self._tiles[0]), torch.cat(self._tiles[1])).numpy()
+        per_fold = self.fold_probabilities()
+        if len(per_fold) != len(self.calibrations):
+            raise RuntimeError(f"{len(per_fold)} sliding-window passes for {len(self.calibrations)} fold(s)")
+        self.last_uncalibrated = np.mean(per_fold, axis=0)
+        probabilities = np.mean([c.apply(p) for c, p in zip(self.calibrations, per_fold)], axis=0)
         return logits, probabilities
+
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
+        """nnU-Net's sliding window over one case with one fold's weights; notes where this fold's tiles start."""
+        self._fold_starts.append(len(self._tiles[0]))
+        return super().predict_sliding_window_return_logits(input_image)
+
+    def fold_probabilities(self) -> list[np.ndarray]:
+        """Each fold's subtype probabilities (uncalibrated) from the tiles of the last case, one sliding window per fold."""
+        bounds = [*self._fold_starts, len(self._tiles[0])]
+        return [aggregate_class_probabilities(torch.cat(self._tiles[0][a:b]), torch.cat(self._tiles[1][a:b])).numpy() for a, b in zip(bounds, bounds[1:])]
 
     def predict_logits(self, image_files: Sequence[str]) -> tuple[torch.Tensor, dict, np.ndarray]:
         """Read, preprocess and predict one case: logits on the preprocessed grid, properties, subtype probabilities."""
@@ -430,13 +453,14 @@ def predict_cases(
             start = time.perf_counter()
             try:
                 logits, probabilities = predictor.predict_preprocessed(data)
+                uncalibrated = predictor.last_uncalibrated
             except Exception as exc:
                 _failed(report, image, exc)
                 continue
             seconds["network"] = time.perf_counter() - start
             if pending is not None:
                 _collect(pending, report)
-            job = (predictor, case_id, image, logits, properties, probabilities, mask, sidecar, seconds, made_by)
+            job = (predictor, case_id, image, logits, properties, probabilities, uncalibrated, mask, sidecar, seconds, made_by)
             pending = exporter.submit(_export_case, *job) if exporter else _completed(_export_case(*job))
         if pending is not None:
             _collect(pending, report)
@@ -487,7 +511,8 @@ def _made_by(sidecar: Path, fingerprint: str, image: Path) -> bool:
     return record.get("model") == fingerprint and record.get("input") == _input_stamp(image)
 
 
-def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logits: torch.Tensor, properties: dict, probabilities: np.ndarray, mask: Path, sidecar: Path, seconds: dict[str, float], made_by: str) -> tuple[str, Path, dict | Exception]:
+def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logits: torch.Tensor, properties: dict, probabilities: np.ndarray, uncalibrated: np.ndarray,
+                 mask: Path, sidecar: Path, seconds: dict[str, float], made_by: str) -> tuple[str, Path, dict | Exception]:
     """Mask, then sidecar, each atomically: a case counts as done only when both exist; a failure leaves neither.
 
     With postprocessing, the mask before it goes to ``no_postprocessing/`` first.
@@ -506,7 +531,7 @@ def _export_case(predictor: MultitaskPredictor, case_id: str, image: Path, logit
         with atomic_path(mask) as tmp:
             writer.write_seg(segmentation, str(tmp), properties)
         seconds = {**seconds, "export": written - start, "write": time.perf_counter() - written}
-        record = {"Names": mask.name, "probabilities": [float(p) for p in probabilities], "seconds": sum(seconds.values()),
+        record = {"Names": mask.name, "probabilities": [float(p) for p in probabilities], "uncalibrated_probabilities": [float(p) for p in uncalibrated], "seconds": sum(seconds.values()),
                   "stages": seconds, "model": made_by, "input": _input_stamp(image)}
         write_json(sidecar, record)
         return case_id, image, record
@@ -540,13 +565,15 @@ def case_records(output_folder: str | Path) -> list[dict]:
 
 
 def write_subtype_csv(output_folder: Path, subtype_names: Sequence[str]) -> Path:
-    """``subtype_results.csv`` (``Names,Subtype`` as the quiz expects, plus one probability column per class)."""
+    """``subtype_results.csv``: ``Names,Subtype`` as the quiz expects, one calibrated probability column per class
+    (``prob_<subtype>``), then the same before temperature scaling (``uncalibrated_prob_<subtype>``)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["Names", "Subtype", *(f"prob_{name}" for name in subtype_names)])
+    writer.writerow(["Names", "Subtype", *(f"{PROB_PREFIX}{name}" for name in subtype_names), *(f"{UNCALIBRATED_PREFIX}{name}" for name in subtype_names)])
     for record in case_records(output_folder):
         probabilities = record["probabilities"]
-        writer.writerow([record["Names"], int(np.argmax(probabilities)), *(f"{p:.6f}" for p in probabilities)])
+        uncalibrated = record.get("uncalibrated_probabilities", probabilities)
+        writer.writerow([record["Names"], int(np.argmax(probabilities)), *(f"{p:.6f}" for p in probabilities), *(f"{p:.6f}" for p in uncalibrated)])
     target = Path(output_folder) / CSV_NAME
     write_text(target, buffer.getvalue())
     return target

@@ -6,7 +6,7 @@ case table (``Workspace.cases``), so a case the scan left out (``on_bad_case: sk
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -61,6 +61,7 @@ def predict(workspace: Workspace, params: Mapping[str, Any], device: str) -> Inf
         "model": str(model), "mode": mode, "mode_settings": MODES[mode].describe(), "rule_compliant": MODES[mode].rule_compliant, "device": device,
         "folds": folds, "checkpoint": checkpoint,
         "postprocessing": describe(predictor.postprocessing), "postprocessing_file": str(predictor.postprocessing_source or ""),
+        "calibration": {f"fold {fold}": asdict(c) for fold, c in zip(folds, predictor.calibrations)},
         "outputs": {name: str(folder) for name, folder in record.outputs.items()},
         "counts": {name: {"predicted": len(r.predicted), "skipped": len(r.skipped), "failed": len(r.failed)} for name, r in record.reports.items()},
         "failed": record.failures,

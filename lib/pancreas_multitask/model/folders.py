@@ -11,7 +11,9 @@ METRICS_FILE = "training_metrics.csv"  # written by the trainer every epoch
 DONE_FILE = "training_done.json"  # written when a fold finished: settings, inputs, stop reason
 SELECTED_CHECKPOINT = "checkpoint_best.pth"  # selected on the validation split; what inference uses
 AGREEMENT_FILE = "estimator_agreement.json"  # the training pass vs the deployed mode on the validation cases
-SUBTYPE_CSV = "subtype_results.csv"  # per prediction folder: Names, Subtype, prob_* (the quiz's format)
+SUBTYPE_CSV = "subtype_results.csv"  # per prediction folder: Names, Subtype, prob_* (the quiz's format), uncalibrated_prob_*
+PROB_PREFIX = "prob_"  # the CSV's calibrated probability columns
+UNCALIBRATED_PREFIX = "uncalibrated_prob_"  # the same before temperature scaling
 
 
 def model_folder(results: Path, dataset_name: str, plans_name: str, trainer: str = TRAINER_NAME) -> Path:

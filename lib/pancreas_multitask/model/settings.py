@@ -10,17 +10,42 @@ from typing import Any, Literal, Mapping
 from ..io import write_json
 
 Pooling = Literal["avg", "foreground", "lesion"]
+Source = Literal["bottleneck", "encoder", "decoder"]
+Reducer = Literal["mean", "mean_std", "attention"]
 SETTINGS_FILE = "multitask_settings.json"
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The classification head on the encoder's deepest stage."""
+    """The subtype head: which features it reads, where it pools them, and how.
+
+    ``source``: the encoder's deepest stage (``bottleneck``), the encoder ``stages`` listed (each pooled on
+    its own grid, the vectors concatenated), or the last decoder stage (full resolution, before the
+    segmentation layer). ``pooling``: over the whole tile (``avg``), the predicted foreground or the
+    predicted lesion. ``reducer``: the masked mean, mean and standard deviation (second-order statistics:
+    texture), or a learned attention over the masked voxels. benchmarks/classification_heads.py compares them.
+    """
 
     num_classes: int = 3
-    pooling: Pooling = "avg"  # global average, or weighted by predicted foreground / lesion probability
+    pooling: Pooling = "lesion"
+    source: Source = "bottleneck"
+    stages: tuple[int, ...] = (1, 2, 3)  # encoder stages for source "encoder" (0 is the full-resolution stem stage)
+    reducer: Reducer = "mean"
     hidden: int = 128
     dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("pooling", self.pooling, Pooling), ("source", self.source, Source), ("reducer", self.reducer, Reducer)):
+            if value not in allowed.__args__:
+                raise ValueError(f"head {name} must be one of {list(allowed.__args__)}, got {value!r}")
+        if self.source == "encoder" and not self.stages:
+            raise ValueError("head source 'encoder' needs at least one stage in 'stages'")
+        object.__setattr__(self, "stages", tuple(int(s) for s in self.stages))
+
+    def describe(self) -> str:
+        """e.g. ``encoder stages 1,2,3 · lesion · mean_std``."""
+        source = f"encoder stages {','.join(map(str, self.stages))}" if self.source == "encoder" else self.source
+        return f"{source} · {self.pooling} · {self.reducer}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +76,7 @@ class MultitaskSettings:
     case_val_step: float = 1.0  # sliding-window step for that case-level pass (no mirroring: the cheaper variant of the deployed estimator)
     deployed_mode: str = "fast"  # the inference mode that ships; its agreement with the case-level pass is measured at the end
     deployed_check_cases: int = -1  # validation cases for that check: -1 all, 0 none, N spread over the subtypes
+    calibrate: bool = True  # temperature scaling of the deployed mode's case probabilities, fitted on the validation cases at the end
     class_weight_smoothing: float = 1.0
     save_every: int = 50
     final_validation_mirroring: bool = True  # nnU-Net's mirroring TTA in the final validation (8x the cost)
@@ -102,9 +128,10 @@ PARAMETER_FIELDS = {
 def settings_from_parameters(params: Mapping[str, Any], num_classes: int) -> MultitaskSettings:
     """The trainer settings that 02_train's parameters (or a profile file) describe.
 
-    ``pooling`` sets the head's pooling; ``trainer_extra`` may set any other field, ``head`` included.
+    ``head`` sets the head's fields (``source``, ``stages``, ``pooling``, ``reducer``, ...; an older profile's
+    ``pooling`` alone still works); ``trainer_extra`` may set any other field, ``head`` included.
     """
     values: dict[str, Any] = {field: params[key] for key, field in PARAMETER_FIELDS.items() if key in params}
     extra = dict(params.get("trainer_extra") or {})
-    head = {"num_classes": num_classes, **({"pooling": params["pooling"]} if "pooling" in params else {}), **extra.pop("head", {})}
+    head = {"num_classes": num_classes, **({"pooling": params["pooling"]} if "pooling" in params else {}), **dict(params.get("head") or {}), **extra.pop("head", {})}
     return MultitaskSettings.from_dict({**values, **extra, "head": head})

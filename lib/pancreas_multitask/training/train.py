@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from ..io import write_json
+from ..model.calibration import Calibration
 from ..model.folders import AGREEMENT_FILE, CONFIGURATION, DONE_FILE, METRICS_FILE, SELECTED_CHECKPOINT, TRAINER_NAME
 from ..model.settings import MultitaskSettings
 from ..postprocessing import PP_JSON, PP_PICKLE
@@ -158,16 +159,25 @@ def selection_summary(workspace: Workspace, result: TrainingResult) -> dict[str,
     return {
         "selected checkpoint": result.selected_checkpoint.name,
         "selected at epoch": best,
-        "selected on": f"fold {workspace.fold} validation split ({n_val} cases)",
+        "selected on": f"fold {workspace.fold}: {workspace.selection_split()} ({n_val} cases)",
         "criterion": round(float(row["val_criterion"]), 4),
         "case-level macro-F1 (val)": round(float(row["val_macro_f1"]), 4),
         "case-level accuracy (val)": round(float(row["val_accuracy"]), 4),
         **{f"pseudo-Dice {name} (val patches)": round(float(row[f"pseudo_dice_{name}"]), 4) for name in pseudo},
         **{f"full-volume Dice {name} (val, nnU-Net)": round(dice, 4) for name, dice in full_volume.items()},
         "postprocessing (nnU-Net, chosen on the validation split)": describe(load_postprocessing(result.output_folder / PP_PICKLE)) if result.postprocessing else "not determined",
+        "subtype temperature (fitted on the selection split)": _temperature(result.output_folder),
         "training pass vs deployed estimator (same subtype, val)": f"{agreement['same_subtype']}/{agreement['cases']} ({agreement['deployed_estimator'].split(':')[0]})" if agreement else "not checked",
         "stopped because": result.stop_reason,
     }
+
+
+def _temperature(fold_folder: Path) -> str:
+    calibration = Calibration.load(fold_folder)
+    line = f"{calibration.temperature:.3f} ({calibration.fitted_on})"
+    if calibration.ece_before is not None:
+        line += f"; ECE there {calibration.ece_before:.3f} -> {calibration.ece_after:.3f} (in-sample)"
+    return line
 
 
 def _recorded(workspace: Workspace, settings: MultitaskSettings, result: TrainingResult) -> TrainingResult:

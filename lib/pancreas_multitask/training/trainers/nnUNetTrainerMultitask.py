@@ -9,7 +9,11 @@ Two ways to start it:
 What it changes in nnU-Net's recipe (every number is a setting, see ``MultitaskSettings``):
 total loss = w_seg * nnU-Net's Dice+CE/BCE loss (deep supervision unchanged) + w_cls * class-weighted
 cross-entropy on the subtype; AdamW with polynomial decay; case-level macro-F1 on the validation
-cases; checkpoint_best and early stopping on w * EMA pseudo-Dice + (1 - w) * macro-F1.
+cases; checkpoint_best and early stopping on w * EMA pseudo-Dice + (1 - w) * macro-F1. At the end, with the
+selected weights restored: the deployed inference mode classifies every validation case, a temperature is
+fitted to those probabilities (``subtype_calibration.json``) and compared with the training pass
+(``estimator_agreement.json``). Neither runs under DDP (the other ranks would wait at nnU-Net's barrier);
+such a model ships uncalibrated (temperature 1), and says so.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import autocast, nn
 from pancreas_multitask.experiment_planning.subtype_table import SUBTYPE_TABLE, read_subtype_table
 from pancreas_multitask.inference.predictor import InferenceMode, MultitaskPredictor, resolve_mode
 from pancreas_multitask.io import atomic_path, write_json, write_text
+from pancreas_multitask.model.calibration import Calibration, fit_temperature
 from pancreas_multitask.model.folders import AGREEMENT_FILE, METRICS_FILE, SELECTED_CHECKPOINT
 from pancreas_multitask.model.network import MultitaskNetwork, build_multitask_network
 from pancreas_multitask.model.settings import MultitaskSettings
@@ -209,24 +214,62 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         keys = self._case_keys[1]
         return self._f1_accuracy(keys, self.case_probabilities(self.validation_mode(), keys))
 
-    def check_estimator_agreement(self) -> dict | None:
-        """The selected weights through both the validation pass and the deployed mode on the validation cases:
-        how often they give the same subtype, their largest probability difference and both macro-F1s.
-        Logged, and written to ``estimator_agreement.json`` (None when ``deployed_check_cases`` is 0)."""
+    def deployed_validation_probabilities(self) -> dict[str, np.ndarray]:
+        """The deployed mode's (uncalibrated) subtype probabilities of every validation case, with the weights as they are now;
+        empty when neither the calibration nor the estimator check needs them."""
+        keys = sorted(self._case_keys[1])
+        fit = self.settings.calibrate and self.classification_measurable()
+        keys = keys if fit else self.agreement_cases()
+        return dict(zip(keys, self.case_probabilities(resolve_mode(self.settings.deployed_mode), keys))) if keys else {}
+
+    def agreement_cases(self) -> list[str]:
+        """The validation cases of the estimator check: all, none, or ``deployed_check_cases`` spread over the sorted ids
+        (quiz ids start with the subtype: every subtype is in)."""
         count, every = self.settings.deployed_check_cases, sorted(self._case_keys[1])
         if count == 0 or not every:
+            return []
+        return every if count < 0 or count >= len(every) else [every[int(i)] for i in np.linspace(0, len(every) - 1, count).round()]
+
+    def fit_calibration(self, deployed: dict[str, np.ndarray]) -> Calibration:
+        """Temperature scaling of the deployed mode's probabilities on the validation cases (the split that selected the
+        checkpoint), written to ``subtype_calibration.json`` beside it; the identity, saying why, where it cannot be fitted."""
+        if not self.settings.calibrate:
+            calibration = Calibration(fitted_on="not fitted (calibrate: false)")
+        elif not self.classification_measurable():
+            calibration = Calibration(fitted_on="not fitted (the validation cases hold one subtype)")
+        else:
+            keys = sorted(deployed)
+            calibration = fit_temperature(np.stack([deployed[k] for k in keys]), [self._subtype(k) for k in keys],
+                                          f"fold {self.fold} validation cases ({SELECTED_CHECKPOINT}, deployed '{self.settings.deployed_mode}' mode)")
+        calibration.save(Path(self.output_folder))
+        message = f"subtype calibration: temperature {calibration.temperature:.3f}, {calibration.fitted_on}"
+        if calibration.ece_before is not None:
+            message += (f"; on those {calibration.cases} cases ECE {calibration.ece_before:.3f} -> {calibration.ece_after:.3f}, "
+                        f"NLL {calibration.nll_before:.3f} -> {calibration.nll_after:.3f}")
+        self.print_to_log_file(message, also_print_to_console=False)
+        print(message, flush=True)
+        return calibration
+
+    def check_estimator_agreement(self, deployed: dict[str, np.ndarray] | None = None) -> dict | None:
+        """The selected weights through both the validation pass and the deployed mode on ``agreement_cases``:
+        how often they give the same subtype, their largest probability difference and both macro-F1s (uncalibrated).
+        Logged, and written to ``estimator_agreement.json`` (None when ``deployed_check_cases`` is 0).
+        ``deployed``: the deployed mode's probabilities already computed for some cases."""
+        keys = self.agreement_cases()
+        if not keys:
             return None
-        # all, or evenly spread over the sorted ids (quiz ids start with the subtype: every subtype is in)
-        keys = every if count < 0 or count >= len(every) else [every[int(i)] for i in np.linspace(0, len(every) - 1, count).round()]
-        cheap, deployed = (self.case_probabilities(mode, keys) for mode in (self.validation_mode(), resolve_mode(self.settings.deployed_mode)))
-        same = [int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(cheap, deployed)]
+        known = deployed or {}
+        missing = [k for k in keys if k not in known]
+        known = {**known, **dict(zip(missing, self.case_probabilities(resolve_mode(self.settings.deployed_mode), missing)))} if missing else known
+        cheap, deployed_list = self.case_probabilities(self.validation_mode(), keys), [known[k] for k in keys]
+        same = [int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(cheap, deployed_list)]
         record = {
             "checkpoint": SELECTED_CHECKPOINT, "split": "validation", "cases": len(keys), "same_subtype": int(sum(same)),
-            "max_probability_difference": float(max(np.abs(a - b).max() for a, b in zip(cheap, deployed))),
+            "max_probability_difference": float(max(np.abs(a - b).max() for a, b in zip(cheap, deployed_list))),
             "validation_estimator": self.validation_mode().describe(), "deployed_estimator": f"{self.settings.deployed_mode}: {resolve_mode(self.settings.deployed_mode).describe()}",
-            "macro_f1_accuracy": {"validation_estimator": self._f1_accuracy(keys, cheap), "deployed_estimator": self._f1_accuracy(keys, deployed)}
+            "macro_f1_accuracy": {"validation_estimator": self._f1_accuracy(keys, cheap), "deployed_estimator": self._f1_accuracy(keys, deployed_list)}
             if len({self._subtype(k) for k in keys}) >= 2 else None,  # on one class macro-F1 means nothing
-            "per_case": {k: {"true": self._subtype(k), "validation_estimator": a.round(6).tolist(), "deployed_estimator": b.round(6).tolist()} for k, a, b in zip(keys, cheap, deployed)},
+            "per_case": {k: {"true": self._subtype(k), "validation_estimator": a.round(6).tolist(), "deployed_estimator": b.round(6).tolist()} for k, a, b in zip(keys, cheap, deployed_list)},
         }
         write_json(Path(self.output_folder) / AGREEMENT_FILE, record)
         message = (f"case-level estimator check ({SELECTED_CHECKPOINT}, {len(keys)} validation cases): the training pass and the deployed "
@@ -354,4 +397,6 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
             self.multitask_network().load_state_dict(weights)
             self.print_to_log_file(f"restored the weights of {best.name} (selected on the validation split)")
             if not self.is_ddp:  # under DDP the other ranks would wait at nnU-Net's barrier meanwhile
-                self.check_estimator_agreement()
+                deployed = self.deployed_validation_probabilities()
+                self.fit_calibration(deployed)
+                self.check_estimator_agreement(deployed)

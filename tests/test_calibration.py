@@ -1,0 +1,83 @@
+"""Temperature scaling and ECE (``model/calibration.py``), and their place in the evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from pancreas_multitask.model.calibration import (
+    CALIBRATION_FILE, Calibration, apply_temperature, expected_calibration_error, fit_temperature, negative_log_likelihood, reliability_bins, top_label_ece,
+)
+
+
+def _cases(scale: float, n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from softmax(logits); probabilities softmax(scale * logits): over-confident for scale > 1."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, size=(n, 3))
+    labels = np.array([rng.choice(3, p=p) for p in softmax(logits, axis=1)])
+    return softmax(scale * logits, axis=1), labels
+
+
+@pytest.mark.parametrize(("scale", "expected"), [(3.0, 3.0), (0.4, 0.4)], ids=["over-confident", "under-confident"])
+def test_the_temperature_undoes_a_known_miscalibration(scale, expected) -> None:
+    probabilities, labels = _cases(scale)
+    calibration = fit_temperature(probabilities, labels, "synthetic")
+    assert calibration.temperature == pytest.approx(expected, rel=0.25)  # log p = scale * logits + c: T = scale restores the truth
+    assert calibration.nll_after < calibration.nll_before and calibration.ece_after < calibration.ece_before
+    calibrated = calibration.apply(probabilities)
+    assert np.array_equal(calibrated.argmax(axis=1), probabilities.argmax(axis=1))  # every predicted subtype kept
+    np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
+    assert negative_log_likelihood(calibrated, labels) == pytest.approx(calibration.nll_after, rel=1e-9)
+
+
+def test_ece_by_hand() -> None:
+    probabilities = np.array([[0.95, 0.05, 0.0], [0.9, 0.1, 0.0], [0.35, 0.6, 0.05], [0.3, 0.3, 0.4]])
+    labels = np.array([0, 1, 1, 2])
+    # bins: 0.95 and 0.9 in [0.9, 1.0): accuracy 0.5, confidence 0.925; 0.6 in [0.6, 0.7): 1 vs 0.6; 0.4 in [0.4, 0.5): 1 vs 0.4
+    expected = 2 / 4 * abs(0.5 - 0.925) + 1 / 4 * 0.4 + 1 / 4 * 0.6
+    assert expected_calibration_error(probabilities, labels) == pytest.approx(expected)
+    assert [b["count"] for b in reliability_bins(probabilities, labels)] == [1, 1, 2]
+    rows = np.array([[0, 1, 2, 3], [0, 0, 0, 0]])  # a bootstrap-style batch: each row a resample
+    confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+    batch = top_label_ece(confidence[rows], correct[rows])
+    assert batch[0] == pytest.approx(expected) and batch[1] == pytest.approx(0.05)  # four times the 0.95-confident hit
+
+
+def test_a_fold_without_calibration_is_uncalibrated_and_files_round_trip(tmp_path: Path) -> None:
+    assert Calibration.load(tmp_path).temperature == 1.0 and "missing" in Calibration.load(tmp_path).fitted_on
+    p = np.array([0.7, 0.2, 0.1])
+    np.testing.assert_allclose(Calibration().apply(p), p)
+    fitted = fit_temperature(*_cases(2.0, n=60), fitted_on="fold 0 validation cases")
+    fitted.save(tmp_path)
+    assert Calibration.load(tmp_path) == fitted
+    (tmp_path / CALIBRATION_FILE).write_text('{"temperatur": 2}')
+    with pytest.raises(ValueError, match=CALIBRATION_FILE):
+        Calibration.load(tmp_path)
+    np.testing.assert_allclose(apply_temperature(p, 1e9), [1 / 3] * 3, atol=1e-6)  # a huge temperature: uniform
+
+
+def test_evaluation_reports_ece_before_and_after_from_the_csv(tmp_path: Path) -> None:
+    from test_evaluation import MANIFEST, make_quiz
+
+    from pancreas_multitask.dataset.ground_truth import read_quiz_layout
+    from pancreas_multitask.evaluation.evaluate import evaluate_folder
+
+    quiz = make_quiz(tmp_path)  # true 0, 0, 1, 1; predicted 0, 1, 1, 1
+    calibrated = [(0.7, 0.2, 0.1), (0.3, 0.6, 0.1), (0.1, 0.8, 0.1), (0.2, 0.5, 0.3)]
+    uncalibrated = [(0.97, 0.02, 0.01), (0.01, 0.98, 0.01), (0.01, 0.98, 0.01), (0.05, 0.9, 0.05)]
+    header = ",".join(["Names", "Subtype", *(f"prob_subtype{k}" for k in range(3)), *(f"uncalibrated_prob_subtype{k}" for k in range(3))])
+    rows = [f"{c}.nii.gz,{int(np.argmax(p))}," + ",".join(f"{v}" for v in (*p, *u))
+            for c, p, u in zip(("quiz_0_001", "quiz_0_002", "quiz_1_003", "quiz_1_004"), calibrated, uncalibrated)]
+    quiz["csv"].write_text("\n".join([header, *rows]) + "\n")
+    result = evaluate_folder(read_quiz_layout(quiz["gt"], MANIFEST), quiz["pred"], quiz["csv"], tmp_path / "out", resamples=200)
+    calibration = result.summary["classification"]["calibration"]
+    truth = np.array([0, 0, 1, 1])
+    assert calibration["calibrated"]["ece"] == pytest.approx(expected_calibration_error(np.array(calibrated), truth))
+    assert calibration["uncalibrated"]["ece"] == pytest.approx(expected_calibration_error(np.array(uncalibrated), truth))
+    low, high = calibration["calibrated"]["ece_ci95"]
+    assert low <= calibration["calibrated"]["ece"] <= high
+    per_case = result.per_case.set_index("case")
+    assert per_case.loc["quiz_0_002", "prob_pred"] == pytest.approx(0.6) and per_case.loc["quiz_0_002", "prob_pred_uncalibrated"] == pytest.approx(0.98)
