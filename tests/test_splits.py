@@ -46,3 +46,18 @@ def test_test_cases_appear_nowhere(tmp_path: Path) -> None:
         write_splits(tmp_path / "other", leaky, ["quiz_001"])
     with pytest.raises(AssertionError, match="val holds test case"):
         check_unseen([{"train": [], "val": ["quiz_002"]}], ["quiz_002"])
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("given", "validation"), ("cv5", "train (the held-out cases of fold 2 of the 5-fold CV; the validation split chose nothing)")])
+def test_the_selection_split_follows_the_split_mode(mode: str, expected: str, tmp_path: Path) -> None:
+    """The report's "chosen on" line: the given validation split, or under cv5 the fold's held-out train cases."""
+    import json
+
+    from conftest import MANIFEST
+    from pancreas_multitask.manifest import ProfilePaths
+    from pancreas_multitask.workspace import Workspace
+
+    workspace = Workspace(MANIFEST, ProfilePaths(raw=tmp_path / "raw", work=tmp_path, test_answers=None), "plans", fold=2)
+    assert workspace.selection_split() == "validation"  # no prepare record yet: the default split mode
+    workspace.record("prepare").write_text(json.dumps({"split_mode": mode}))
+    assert workspace.selection_split() == expected
