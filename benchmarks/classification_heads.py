@@ -151,10 +151,11 @@ def calibration_summary(records: list[dict], truth) -> dict | None:
         calibration = fit_temperature(np.array(record["validation_probabilities"]), record["validation_labels"], "validation")
         test = np.array(record["test_probabilities"])
         rows.append({"seed": record["seed"], "temperature": calibration.temperature, "ece_before": expected_calibration_error(test, truth),
-                     "ece_after": expected_calibration_error(calibration.apply(test), truth)})
+                     "ece_after": expected_calibration_error(calibration.apply(test), truth), "warning": calibration.warning})
     if not rows:
         return None
-    return {"per_seed": rows, "seeds": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in ("temperature", "ece_before", "ece_after")}}
+    return {"per_seed": rows, "seeds": len(rows), "seeds_at_bound": sum(r["warning"] is not None for r in rows),
+            **{k: float(np.mean([r[k] for r in rows])) for k in ("temperature", "ece_before", "ece_after")}}
 
 
 def markdown(result: dict) -> str:
@@ -183,6 +184,10 @@ def markdown(result: dict) -> str:
     if cal:
         lines += ["", f"Temperature scaling of the chosen variant (fitted on each seed's validation probabilities, judged on the test split, "
                       f"{cal['seeds']} seed(s)): temperature {cal['temperature']:.2f}, test ECE {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after."]
+        if cal.get("seeds_at_bound"):
+            lines[-1] += (f" In {cal['seeds_at_bound']} of {cal['seeds']} seeds the temperature is at the top of its range: the validation "
+                          "probabilities carried no information on the subtype, so scaling flattened them towards uniform"
+                          + (", and the test ECE got worse." if cal["ece_after"] > cal["ece_before"] else "."))
     return "\n".join(lines) + "\n"
 
 
@@ -248,8 +253,15 @@ def main(argv: list[str] | None = None) -> None:
     def backbone() -> Path:
         """The shared backbone (encoder + decoder weights of the profile's own recipe), trained once and kept."""
         weights = runs / "backbone.pth"
-        if not weights.is_file():
-            settings = replace(settings_from_parameters(params, num_classes), seed=args.backbone_seed, deployed_check_cases=0, calibrate=False)
+        settings = replace(settings_from_parameters(params, num_classes), seed=args.backbone_seed, deployed_check_cases=0, calibrate=False)
+        if weights.is_file():
+            kept = json.loads((runs / "backbone.json").read_text())["settings"]
+            wanted = json.loads(json.dumps(settings.to_dict()))
+            if kept != wanted:
+                changed = sorted(k for k in set(kept) | set(wanted) if kept.get(k) != wanted.get(k))
+                raise SystemExit(f"{runs}: the kept backbone was trained with other settings ({', '.join(changed)}); "
+                                 f"remove {runs} (every run there starts from it) or pass another --work")
+        else:
             shutil.rmtree(workspace.fold_folder, ignore_errors=True)
             seed_everything(args.backbone_seed)
             trainer = build_trainer(workspace.preprocessed, workspace.plans, 0, device)

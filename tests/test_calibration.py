@@ -33,6 +33,23 @@ def test_the_temperature_undoes_a_known_miscalibration(scale, expected) -> None:
     assert negative_log_likelihood(calibrated, labels) == pytest.approx(calibration.nll_after, rel=1e-9)
 
 
+def test_a_temperature_at_its_bound_is_flagged() -> None:
+    """Labels that the probabilities do not predict (a head at chance) drive the fit to the top bound: flagged, and
+    the report's temperature line says so; a useful head's fit is not flagged."""
+    rng = np.random.default_rng(1)
+    confident = softmax(rng.normal(0, 3, size=(30, 3)), axis=1)
+    at_chance = fit_temperature(confident, rng.integers(0, 3, size=30), "validation")
+    assert at_chance.temperature > 19 and "close to uniform" in at_chance.warning
+    assert fit_temperature(*_cases(2.0, n=60), fitted_on="validation").warning is None
+    assert Calibration().warning is None  # the identity of an unfitted model says nothing
+    from dataclasses import asdict
+
+    from pancreas_multitask.evaluation.report import _temperatures
+
+    line = _temperatures({"calibration": {"fold 0": asdict(at_chance)}})[0]
+    assert line.startswith("fold 0: temperature ") and "Warning: the temperature is at the top of its range" in line
+
+
 def test_ece_by_hand() -> None:
     probabilities = np.array([[0.95, 0.05, 0.0], [0.9, 0.1, 0.0], [0.35, 0.6, 0.05], [0.3, 0.3, 0.4]])
     labels = np.array([0, 1, 1, 2])

@@ -23,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from matplotlib.figure import Figure
 
 from ..io import write_text
+from ..model.calibration import Calibration
 from ..runtime import git_revision, library_versions
 from ..visualization import training_curves
 from .evaluate import TARGET_LABELS, EvaluationResult, worst_first
@@ -264,7 +265,11 @@ def _surface(result: EvaluationResult) -> dict[str, Any] | None:
 def _temperatures(inference: Mapping[str, Any] | None) -> list[str]:
     """One line per fold of the model that predicted: its temperature and where it was fitted (``inference.json``)."""
     calibration = (inference or {}).get("calibration") or {}
-    return [f"{fold}: temperature {c['temperature']:.3f}, {c['fitted_on']}" for fold, c in calibration.items()]
+    lines = []
+    for fold, fields in calibration.items():
+        warning = Calibration(**fields).warning
+        lines.append(f"{fold}: temperature {fields['temperature']:.3f}, {fields['fitted_on']}" + (f". Warning: {warning}" if warning else ""))
+    return lines
 
 
 def _postprocessing(result: EvaluationResult) -> dict[str, Any] | None:

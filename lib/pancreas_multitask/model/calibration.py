@@ -38,6 +38,18 @@ class Calibration:
     ece_before: float | None = None
     ece_after: float | None = None
 
+    @property
+    def warning(self) -> str | None:
+        """Why these calibrated probabilities deserve no trust, when the fitted temperature sits at a bound of its range."""
+        low, high = TEMPERATURE_RANGE
+        if self.cases and self.temperature >= high * 0.99:
+            return (f"the temperature is at the top of its range ({high:g}): on the {self.cases} fitting cases the probabilities "
+                    "carried almost no information on the subtype, so the calibrated ones are close to uniform")
+        if self.cases and self.temperature <= low * 1.01:
+            return (f"the temperature is at the bottom of its range ({low:g}): the {self.cases} fitting cases were all classified "
+                    "right, so the calibrated probabilities are close to 0 or 1")
+        return None
+
     def apply(self, probabilities: np.ndarray) -> np.ndarray:
         """(..., K) probabilities -> the calibrated ones."""
         return apply_temperature(probabilities, self.temperature)

@@ -246,6 +246,8 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         if calibration.ece_before is not None:
             message += (f"; on those {calibration.cases} cases ECE {calibration.ece_before:.3f} -> {calibration.ece_after:.3f}, "
                         f"NLL {calibration.nll_before:.3f} -> {calibration.nll_after:.3f}")
+        if calibration.warning:
+            message += f"; warning: {calibration.warning}"
         self.print_to_log_file(message, also_print_to_console=False)
         print(message, flush=True)
         return calibration
