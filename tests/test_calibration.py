@@ -34,20 +34,24 @@ def test_the_temperature_undoes_a_known_miscalibration(scale, expected) -> None:
 
 
 def test_a_temperature_at_its_bound_is_flagged() -> None:
-    """Labels that the probabilities do not predict (a head at chance) drive the fit to the top bound: flagged, and
-    the report's temperature line says so; a useful head's fit is not flagged."""
+    """Labels that the probabilities do not predict (a head at chance) drive the fit to the top bound, cases all classified
+    right to the bottom one: both flagged, and the report's calibration section says so; a useful head's fit is not."""
     rng = np.random.default_rng(1)
     confident = softmax(rng.normal(0, 3, size=(30, 3)), axis=1)
     at_chance = fit_temperature(confident, rng.integers(0, 3, size=30), "validation")
-    assert at_chance.temperature > 19 and "close to uniform" in at_chance.warning
+    assert at_chance.temperature > 19 and "top of its range" in at_chance.warning and "close to uniform" in at_chance.warning
+    all_right = fit_temperature(confident, confident.argmax(axis=1), "validation")
+    assert all_right.temperature < 0.06 and "bottom of its range" in all_right.warning
     assert fit_temperature(*_cases(2.0, n=60), fitted_on="validation").warning is None
-    assert Calibration().warning is None  # the identity of an unfitted model says nothing
+    assert Calibration(temperature=20.0).warning is None  # not fitted (no cases): nothing to warn about
+    assert Calibration(temperature=20.0, cases=5).warning is not None
     from dataclasses import asdict
 
     from pancreas_multitask.evaluation.report import _temperatures
 
-    line = _temperatures({"calibration": {"fold 0": asdict(at_chance)}})[0]
-    assert line.startswith("fold 0: temperature ") and "Warning: the temperature is at the top of its range" in line
+    folds = _temperatures({"calibration": {"fold 0": asdict(at_chance), "fold 1": {"temperature": 1.3, "fitted_on": "x", "cases": 9, "new_key": 1}}})
+    assert folds[0]["text"].startswith("fold 0: temperature ") and "top of its range" in folds[0]["warning"]
+    assert folds[1] == {"fold": "fold 1", "text": "fold 1: temperature 1.300, x", "warning": None}
 
 
 def test_ece_by_hand() -> None:

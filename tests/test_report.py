@@ -66,6 +66,7 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
     provenance = collect_provenance(repo, repo / "data_manifest.yaml", "smoke", {"worst_n": 2}, "cpu")
     inference = {"mode": "fast", "counts": {"validation": {"predicted": 3, "failed": 0}}, "median_seconds_per_case": 1.2346}
     inference["model"] = str(root / "models" / "fold_0")  # an absolute path under the repository
+    inference["calibration"] = {"fold 0": {"temperature": 20.0, "fitted_on": "fold 0 validation cases", "cases": 15}}  # at its bound
     benchmark = {"rows": [{"predictor": "nnUNetPredictor", "s_per_case": 3.21}, {"predictor": "multitask", "s_per_case": 3.3, "time_shares": {"read": 0.25, "network": 0.75}}],
                  "device": "cpu", "sizes": {"small": [1, 2, 3], "large": [4, 5, 6]}, "date": "2026-11-30 10:00", "git_revision": "0123456789abcdef0123"}
     path = write_report(result, root / "out" / "evaluation.html", checkpoint_split="validation", evaluated_split="validation",
@@ -106,6 +107,8 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
     calibration = metrics["classification"]["calibration"]  # the fixture's CSV holds probabilities only: shown as they are
     assert "uncalibrated" not in calibration and calibration["n"] == 3
     assert f"<tr><td>the CSV&#39;s probabilities</td><td class=\"num\">{fmt(calibration['calibrated']['ece'])}</td>" in section(text, "calibration")
+    assert "fold 0: temperature 20.000, fold 0 validation cases" in text
+    assert re.search(r'<p class="warn">Calibration, fold 0: the temperature is at the top of its range \(20\)[^<]*close to uniform\.</p>', text)
     for tag in images:
         uri = re.search(r'src="([^"]+)"', tag).group(1)
         assert uri.startswith("data:image/png;base64,")

@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from matplotlib.figure import Figure
 
 from ..io import write_text
-from ..model.calibration import Calibration
+from ..model.calibration import temperature_warning
 from ..runtime import git_revision, library_versions
 from ..visualization import training_curves
 from .evaluate import TARGET_LABELS, EvaluationResult, worst_first
@@ -262,14 +262,12 @@ def _surface(result: EvaluationResult) -> dict[str, Any] | None:
             "detection_text": "n/a" if detection["rate"] is None else f"{fmt(detection['rate'])} {fmt_ci(detection['ci95'])} ({detection['detected']} of {detection['n']} cases)"}
 
 
-def _temperatures(inference: Mapping[str, Any] | None) -> list[str]:
-    """One line per fold of the model that predicted: its temperature and where it was fitted (``inference.json``)."""
+def _temperatures(inference: Mapping[str, Any] | None) -> list[dict[str, str | None]]:
+    """Per fold of the model that predicted (``inference.json``): its temperature and where it was fitted, and a warning
+    when the temperature sits at a bound of its range."""
     calibration = (inference or {}).get("calibration") or {}
-    lines = []
-    for fold, fields in calibration.items():
-        warning = Calibration(**fields).warning
-        lines.append(f"{fold}: temperature {fields['temperature']:.3f}, {fields['fitted_on']}" + (f". Warning: {warning}" if warning else ""))
-    return lines
+    return [{"fold": fold, "text": f"{fold}: temperature {c['temperature']:.3f}, {c['fitted_on']}",
+             "warning": temperature_warning(c["temperature"], c.get("cases", 0))} for fold, c in calibration.items()]
 
 
 def _postprocessing(result: EvaluationResult) -> dict[str, Any] | None:

@@ -40,15 +40,8 @@ class Calibration:
 
     @property
     def warning(self) -> str | None:
-        """Why these calibrated probabilities deserve no trust, when the fitted temperature sits at a bound of its range."""
-        low, high = TEMPERATURE_RANGE
-        if self.cases and self.temperature >= high * 0.99:
-            return (f"the temperature is at the top of its range ({high:g}): on the {self.cases} fitting cases the probabilities "
-                    "carried almost no information on the subtype, so the calibrated ones are close to uniform")
-        if self.cases and self.temperature <= low * 1.01:
-            return (f"the temperature is at the bottom of its range ({low:g}): the {self.cases} fitting cases were all classified "
-                    "right, so the calibrated probabilities are close to 0 or 1")
-        return None
+        """Why these calibrated probabilities deserve no trust (``temperature_warning``)."""
+        return temperature_warning(self.temperature, self.cases)
 
     def apply(self, probabilities: np.ndarray) -> np.ndarray:
         """(..., K) probabilities -> the calibrated ones."""
@@ -68,6 +61,18 @@ class Calibration:
             return cls(**json.loads(path.read_text()))
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path}: not a subtype calibration ({exc})") from exc
+
+
+def temperature_warning(temperature: float, cases: int) -> str | None:
+    """A warning when a temperature fitted on ``cases`` cases sits at a bound of ``TEMPERATURE_RANGE``; else None."""
+    low, high = TEMPERATURE_RANGE
+    if cases and temperature >= high * 0.99:
+        return (f"the temperature is at the top of its range ({high:g}): on the {cases} fitting cases the probabilities "
+                "carried almost no information on the subtype, so the calibrated ones are close to uniform")
+    if cases and temperature <= low * 1.01:
+        return (f"the temperature is at the bottom of its range ({low:g}): all or nearly all of the {cases} fitting cases "
+                "were classified right, so the calibrated probabilities are close to 0 or 1")
+    return None
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
