@@ -142,7 +142,7 @@ def calibration_summary(records: list[dict], truth) -> dict | None:
     before and after (mean over the seeds that recorded validation probabilities)."""
     import numpy as np
 
-    from pancreas_multitask.model.calibration import TEMPERATURE_RANGE, expected_calibration_error, fit_temperature
+    from pancreas_multitask.model.calibration import expected_calibration_error, fit_temperature, temperature_bound
 
     rows = []
     for record in records:
@@ -151,12 +151,11 @@ def calibration_summary(records: list[dict], truth) -> dict | None:
         calibration = fit_temperature(np.array(record["validation_probabilities"]), record["validation_labels"], "validation")
         test = np.array(record["test_probabilities"])
         rows.append({"seed": record["seed"], "temperature": calibration.temperature, "ece_before": expected_calibration_error(test, truth),
-                     "ece_after": expected_calibration_error(calibration.apply(test), truth), "warning": calibration.warning})
+                     "ece_after": expected_calibration_error(calibration.apply(test), truth),
+                     "at_bound": temperature_bound(calibration.temperature, calibration.cases)})
     if not rows:
         return None
-    low, high = TEMPERATURE_RANGE
-    return {"per_seed": rows, "seeds": len(rows), "seeds_at_top": sum(r["warning"] is not None and r["temperature"] >= high * 0.99 for r in rows),
-            "seeds_at_bottom": sum(r["warning"] is not None and r["temperature"] <= low * 1.01 for r in rows),
+    return {"per_seed": rows, "seeds": len(rows), **{f"seeds_at_{b}": sum(r["at_bound"] == b for r in rows) for b in ("top", "bottom")},
             **{k: float(np.mean([r[k] for r in rows])) for k in ("temperature", "ece_before", "ece_after")}}
 
 

@@ -33,7 +33,7 @@ def test_the_temperature_undoes_a_known_miscalibration(scale, expected) -> None:
     assert negative_log_likelihood(calibrated, labels) == pytest.approx(calibration.nll_after, rel=1e-9)
 
 
-def test_a_temperature_at_its_bound_is_flagged() -> None:
+def test_a_temperature_at_its_bound_is_flagged(tmp_path: Path) -> None:
     """Labels that the probabilities do not predict (a head at chance) drive the fit to the top bound, cases all classified
     right to the bottom one: both flagged, and the report's calibration section says so; a useful head's fit is not."""
     rng = np.random.default_rng(1)
@@ -52,6 +52,10 @@ def test_a_temperature_at_its_bound_is_flagged() -> None:
     folds = _temperatures({"calibration": {"fold 0": asdict(at_chance), "fold 1": {"temperature": 1.3, "fitted_on": "x", "cases": 9, "new_key": 1}}})
     assert folds[0]["text"].startswith("fold 0: temperature ") and "top of its range" in folds[0]["warning"]
     assert folds[1] == {"fold": "fold 1", "text": "fold 1: temperature 1.300, x", "warning": None}
+    from pancreas_multitask.training.train import _temperature
+
+    at_chance.save(tmp_path)  # what train.json (and 02_train's table) says of the fold
+    assert _temperature(tmp_path).startswith(f"{at_chance.temperature:.3f} (validation)") and "; warning: the temperature is at the top" in _temperature(tmp_path)
 
 
 def test_ece_by_hand() -> None:

@@ -63,15 +63,25 @@ class Calibration:
             raise ValueError(f"{path}: not a subtype calibration ({exc})") from exc
 
 
-def temperature_warning(temperature: float, cases: int) -> str | None:
-    """A warning when a temperature fitted on ``cases`` cases sits at a bound of ``TEMPERATURE_RANGE``; else None."""
+def temperature_bound(temperature: float, cases: int) -> str | None:
+    """``"top"`` or ``"bottom"`` when a temperature fitted on ``cases`` cases sits at that bound of ``TEMPERATURE_RANGE``."""
     low, high = TEMPERATURE_RANGE
     if cases and temperature >= high * 0.99:
-        return (f"the temperature is at the top of its range ({high:g}): on the {cases} fitting cases the probabilities "
-                "carried almost no information on the subtype, so the calibrated ones are close to uniform")
+        return "top"
     if cases and temperature <= low * 1.01:
-        return (f"the temperature is at the bottom of its range ({low:g}): all or nearly all of the {cases} fitting cases "
-                "were classified right, so the calibrated probabilities are close to 0 or 1")
+        return "bottom"
+    return None
+
+
+def temperature_warning(temperature: float, cases: int) -> str | None:
+    """What a temperature at a bound of its range means for the calibrated probabilities; None inside the range."""
+    bound = temperature_bound(temperature, cases)
+    if bound == "top":
+        return (f"the temperature is at the top of its range ({TEMPERATURE_RANGE[1]:g}): on the {cases} fitting cases the "
+                "probabilities carried almost no information on the subtype, so the calibrated ones are close to uniform")
+    if bound == "bottom":
+        return (f"the temperature is at the bottom of its range ({TEMPERATURE_RANGE[0]:g}): all or nearly all of the {cases} "
+                "fitting cases were classified right, so the calibrated probabilities are close to 0 or 1")
     return None
 
 

@@ -177,6 +177,8 @@ def _temperature(fold_folder: Path) -> str:
     line = f"{calibration.temperature:.3f} ({calibration.fitted_on})"
     if calibration.ece_before is not None:
         line += f"; ECE there {calibration.ece_before:.3f} -> {calibration.ece_after:.3f} (in-sample)"
+    if calibration.warning:
+        line += f"; warning: {calibration.warning}"
     return line
 
 
