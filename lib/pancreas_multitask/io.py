@@ -215,4 +215,3 @@ def write_benchmark(target: str | os.PathLike[str], result: Any, markdown: str) 
     write_text(target.with_suffix(".md"), markdown)
     print(markdown)
     print(f"wrote {target} and {target.with_suffix('.md')}")
-
