@@ -97,13 +97,12 @@ def seed_mean_f1(truth, predicted_per_seed, num_classes: int, idx):
 def summarise(name: str, truth, predicted_per_seed, num_classes: int, reference=None) -> dict:
     """Mean-over-seeds test macro-F1 and accuracy with bootstrap CIs, per-seed values, paired difference to ``reference``."""
     import numpy as np
-    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import accuracy_score
 
-    from pancreas_multitask.evaluation.metrics import bootstrap_ci
+    from pancreas_multitask.evaluation.metrics import bootstrap_ci, macro_f1
 
     truth = np.asarray(truth)
-    labels = list(range(num_classes))
-    f1 = [float(f1_score(truth, p, labels=labels, average="macro", zero_division=0)) for p in predicted_per_seed]
+    f1 = [macro_f1(truth, p, num_classes) for p in predicted_per_seed]
     acc = [float(accuracy_score(truth, p)) for p in predicted_per_seed]
     row = {
         "variant": name, "seeds": len(predicted_per_seed), "macro_f1": float(np.mean(f1)), "macro_f1_per_seed": f1,
@@ -112,7 +111,7 @@ def summarise(name: str, truth, predicted_per_seed, num_classes: int, reference=
         "accuracy_ci95": list(bootstrap_ci(lambda idx: np.mean([(np.asarray(p)[idx] == truth[idx]).mean(axis=1) for p in predicted_per_seed], axis=0), len(truth))),
     }
     if reference is not None:
-        row["delta_macro_f1_vs_seed_variant"] = row["macro_f1"] - float(np.mean([f1_score(truth, p, labels=labels, average="macro", zero_division=0) for p in reference]))
+        row["delta_macro_f1_vs_seed_variant"] = row["macro_f1"] - float(np.mean([macro_f1(truth, p, num_classes) for p in reference]))
         row["delta_macro_f1_ci95"] = list(bootstrap_ci(
             lambda idx: seed_mean_f1(truth, predicted_per_seed, num_classes, idx) - seed_mean_f1(truth, reference, num_classes, idx), len(truth)))
     return row

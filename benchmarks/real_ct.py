@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     from pancreas_multitask.training.trainers.nnUNetTrainerMultitask import nnUNetTrainerMultitask
 
     plans = params["plans"]
-    prepare(Workspace(manifest, paths, plans), params)
+    prepare(Workspace(manifest, paths, plans), {**params, "split_mode": "given"})  # all 32 train cases; the final weights are scored on the 8 validation cases, which choose nothing here
     pre = paths.nnunet_preprocessed / manifest.dataset_name
     budget = {"epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations_per_epoch": args.val_iterations,
               "patience": args.epochs + 1, "save_every": args.epochs + 1}

@@ -1,4 +1,4 @@
-"""Write "Open in Colab" badges into the README and the top of every numbered notebook.
+"""Write "Open in Colab" badges into docs/real_data.md (its Colab section) and the top of every numbered notebook.
 
 Colab opens a notebook from its GitHub address, so the badges need the repository's public name:
 
@@ -19,7 +19,8 @@ import nbformat
 REPO = Path(__file__).resolve().parents[1]
 BADGE = "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/{github}/blob/{branch}/notebooks/{name})"
 BADGE_LINE = re.compile(r"^\[!\[Open in Colab\]\(.*\)\]\(.*\)\n*", re.MULTILINE)
-README_BLOCK = re.compile(r"<!-- colab-badges -->.*?<!-- /colab-badges -->", re.DOTALL)
+BADGE_PAGE = "docs/real_data.md"  # the Colab section
+BADGE_BLOCK = re.compile(r"<!-- colab-badges -->.*?<!-- /colab-badges -->", re.DOTALL)
 
 
 def badge(github: str, branch: str, notebook: str) -> str:
@@ -27,7 +28,7 @@ def badge(github: str, branch: str, notebook: str) -> str:
 
 
 def add_badges(repo: Path, github: str, branch: str = "main") -> list[Path]:
-    """Badge the first markdown cell of each notebook and the README's ``colab-badges`` block; the files changed."""
+    """Badge the first markdown cell of each notebook and the ``colab-badges`` block of ``BADGE_PAGE``; the files changed."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", github):
         raise SystemExit(f"expected OWNER/REPO, got {github!r}")
     notebooks = sorted((repo / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -40,15 +41,15 @@ def add_badges(repo: Path, github: str, branch: str = "main") -> list[Path]:
             first.source = source
             nbformat.write(nb, str(path))
             changed.append(path)
-    readme = repo / "README.md"
+    page = repo / BADGE_PAGE
     block = "<!-- colab-badges -->\n" + "\n".join(f"{badge(github, branch, p.name)} `{p.name}`  " for p in notebooks) + "\n<!-- /colab-badges -->"
-    text = readme.read_text()
-    if not README_BLOCK.search(text):
-        raise SystemExit(f"{readme}: no '<!-- colab-badges --><!-- /colab-badges -->' block to fill")
-    updated = README_BLOCK.sub(lambda _: block, text)
+    text = page.read_text()
+    if not BADGE_BLOCK.search(text):
+        raise SystemExit(f"{page}: no '<!-- colab-badges --><!-- /colab-badges -->' block to fill")
+    updated = BADGE_BLOCK.sub(lambda _: block, text)
     if updated != text:
-        readme.write_text(updated)
-        changed.append(readme)
+        page.write_text(updated)
+        changed.append(page)
     return changed
 
 

@@ -202,17 +202,18 @@ def test_colab_badges_are_written_once_for_every_notebook(tmp_path: Path) -> Non
     badges = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(badges)
     shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
-    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    (tmp_path / "docs").mkdir()
+    shutil.copy(REPO / badges.BADGE_PAGE, tmp_path / badges.BADGE_PAGE)
     notebooks = sorted((tmp_path / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert len(badges.add_badges(tmp_path, "someone/pancreas-multitask")) == len(notebooks) + 1
     assert badges.add_badges(tmp_path, "someone/pancreas-multitask") == []  # idempotent
-    readme = (tmp_path / "README.md").read_text()
+    readme = (tmp_path / badges.BADGE_PAGE).read_text()
     for path in notebooks:
         url = f"https://colab.research.google.com/github/someone/pancreas-multitask/blob/main/notebooks/{path.name}"
         assert url in readme
         first = next(c for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "markdown")
         assert first.source.startswith(f"[![Open in Colab]") and first.source.count("Open in Colab") == 1 and url in first.source
-    assert len(badges.add_badges(tmp_path, "other/repo")) == len(notebooks) + 1 and "someone/" not in (tmp_path / "README.md").read_text()
+    assert len(badges.add_badges(tmp_path, "other/repo")) == len(notebooks) + 1 and "someone/" not in (tmp_path / badges.BADGE_PAGE).read_text()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ agreement with nnU-Net's evaluator, and the seed-compatible CLI."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -17,15 +18,16 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, precision_recall_fscore_support
 
 from conftest import MANIFEST, snapshot
-from pancreas_multitask.evaluation.evaluate import PER_CASE_COLUMNS, evaluate_folder, worst_first
+from pancreas_multitask.evaluation.evaluate import PER_CASE_COLUMNS, evaluate_folder, target_table, worst_first
 from pancreas_multitask.dataset.ground_truth import read_answer_key, read_quiz_layout
 from pancreas_multitask.evaluation.metrics import (
-    NSD_TOLERANCE_MM, bootstrap_ci, classification_metrics, dice, evaluate_case, lesion_detected, macro_f1_batch, macro_f1_ci, mean_ci, region_dices,
-    surface_metrics,
+    NSD_TOLERANCE_MM, bootstrap_ci, classification_batch, classification_metrics, dice, evaluate_case, lesion_components, macro_f1, macro_f1_batch,
+    classification_ci, mean_ci, region_dices, surface_metrics,
 )
+from pancreas_multitask.evaluation.verdict import MET, MIN_CASES_FOR_VERDICT, NOT_MET, UNDECIDED, judge
 
 SHAPE = (8, 10, 12)
 AFFINE = np.diag([1.5, 1.0, 2.0, 1.0])
@@ -90,7 +92,8 @@ def test_float_ground_truth_is_rounded(tmp_path: Path) -> None:
     assert (quirky != clean).any()
     pred = save(tmp_path / "pred.nii.gz", clean, dtype=np.uint8)
     result = evaluate_case(save(tmp_path / "gt.nii.gz", quirky), pred)
-    assert result == {"dsc_pancreas": 1.0, "dsc_lesion": 1.0, "nsd_pancreas": 1.0, "nsd_lesion": 1.0, "hd95_pancreas": 0.0, "hd95_lesion": 0.0, "lesion_detected": 1.0}
+    assert result == {"dsc_pancreas": 1.0, "dsc_lesion": 1.0, "nsd_pancreas": 1.0, "nsd_lesion": 1.0, "hd95_pancreas": 0.0, "hd95_lesion": 0.0, "lesion_detected": 1.0,
+                      "lesion_components": 1.0, "lesion_components_detected": 1.0, "lesion_fp_components": 0.0}
 
 
 def _surface_by_brute_force(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...], tolerance: float) -> tuple[float, float]:
@@ -128,10 +131,32 @@ def test_surface_metrics_and_detection_of_empty_masks() -> None:
     diagonal = float(np.linalg.norm([4 * 2.0, 5 * 1.0, 6 * 1.0]))
     assert surface_metrics(empty, some, (2, 1, 1)) == {"nsd": 0.0, "hd95": pytest.approx(diagonal)} == surface_metrics(some, empty, (2, 1, 1))
     labels = np.where(some, 2, 0)
-    assert lesion_detected(labels, labels) == 1.0 and lesion_detected(np.zeros_like(labels), labels) == 0.0
+    assert lesion_components(labels, labels)["lesion_detected"] == 1.0 and lesion_components(np.zeros_like(labels), labels)["lesion_detected"] == 0.0
     one_voxel = np.zeros_like(labels)
-    one_voxel[2, 2, 2] = 2
-    assert lesion_detected(one_voxel, labels) == 1.0 and np.isnan(lesion_detected(labels, np.zeros_like(labels)))
+    one_voxel[2, 2, 2] = 2  # Dice 2/9 with the 8-voxel lesion: above 0.1, a hit
+    assert lesion_components(one_voxel, labels)["lesion_detected"] == 1.0
+    nothing = lesion_components(labels, np.zeros_like(labels))  # no true lesion: no detection value, one false-positive component
+    assert np.isnan(nothing["lesion_detected"]) and nothing["lesion_fp_components"] == 1 and nothing["lesion_components"] == 0
+
+
+def test_over_segmentation_does_not_count_as_detection_and_false_positive_components_are_counted() -> None:
+    """The demo's typical failure: most of the gland called lesion. One voxel of overlap used to count as a hit."""
+    gt = np.zeros((20, 20, 20), dtype=np.int16)
+    gt[2:18, 2:18, 2:18] = 1  # the gland, 4096 voxels
+    gt[4:6, 4:6, 4:6] = 2  # a small lesion, 8 voxels
+    gt[14:16, 14:16, 14:16] = 2  # a second one, 8 voxels
+    over = np.where(gt > 0, 2, 0)  # the whole gland predicted as lesion: one component touching both
+    found = lesion_components(over, gt)
+    assert found == {"lesion_components": 2, "lesion_components_detected": 0, "lesion_fp_components": 0, "lesion_detected": 0.0}
+    good = np.where(gt > 0, 1, 0)
+    good[4:6, 4:6, 4:7] = 2  # the first lesion, slightly too big: Dice 16/20
+    good[10, 10, 10] = 2  # two blobs far from any true lesion
+    good[2:4, 16:18, 2:4] = 2
+    found = lesion_components(good, gt)
+    assert found == {"lesion_components": 2, "lesion_components_detected": 1, "lesion_fp_components": 2, "lesion_detected": 1.0}
+    touching = good.copy()
+    touching[14, 14, 14] = 2  # one voxel of the second lesion: Dice 2/9, a hit
+    assert lesion_components(touching, gt)["lesion_components_detected"] == 2
 
 
 def test_geometry_mismatch_names_both_files(tmp_path: Path) -> None:
@@ -178,16 +203,44 @@ def test_confusion_matrix_keeps_the_label_order_when_a_class_is_absent() -> None
     m = classification_metrics([0, 0, 1], [0, 1, 1], 3)
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
     assert m["per_class"][2] == {"label": 2, "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)  # the absent class is left out, as in sklearn
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2) and m["scored_classes"] == [0, 1] and m["classes_absent"] == [2]
 
 
-def test_vectorised_macro_f1_equals_sklearn() -> None:
+def test_a_class_never_predicted_scores_zero_in_the_macro_f1() -> None:
+    """All three classes in the truth, class 2 never answered: its F1 of 0 is in the mean (sklearn's union of
+    labels would agree here; the trainer's F1 is the same function, tests/test_trainer.py)."""
+    y_true, y_pred = [0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 1, 1]
+    m = classification_metrics(y_true, y_pred, 3)
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3) == macro_f1(y_true, y_pred, 3)
+    assert m["balanced_accuracy"] == pytest.approx((1 + 1 + 0) / 3) and m["classes_absent"] == []
+
+
+def test_a_class_absent_from_the_truth_is_named_and_not_averaged_in() -> None:
+    """Truth without class 2, one answer of class 2: that answer is class 0's error; the F1 is over 2 of 3 classes."""
+    y_true, y_pred = [0, 0, 0, 1, 1, 1], [0, 0, 2, 1, 1, 1]
+    m = classification_metrics(y_true, y_pred, 3)
+    assert m["scored_classes"] == [0, 1] and m["classes_absent"] == [2]
+    assert m["macro_f1"] == pytest.approx((0.8 + 1.0) / 2) == f1_score(y_true, y_pred, labels=[0, 1], average="macro")
+    assert f1_score(y_true, y_pred, average="macro") == pytest.approx((0.8 + 1.0 + 0.0) / 3)  # sklearn's default: the union of labels
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2) and m["mcc"] == pytest.approx(matthews_corrcoef(y_true, y_pred))
+
+
+@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # sklearn's MCC on rows of one label (it returns 0, as ours does)
+def test_vectorised_classification_metrics_equal_sklearn() -> None:
     rng = np.random.default_rng(3)
     y_true, y_pred = rng.integers(0, 3, size=(200, 7)), rng.integers(0, 3, size=(200, 7))
-    y_pred[:20] = 0  # rows where some classes occur in neither array
+    y_pred[:20] = 0  # rows where some classes occur in neither array, or only in the predictions
     y_true[:20] = 0
-    expected = [f1_score(t, p, average="macro", zero_division=0) for t, p in zip(y_true, y_pred)]
-    assert macro_f1_batch(y_true, y_pred, 3) == pytest.approx(expected)
+    y_true[20:40] = rng.integers(0, 2, size=(20, 7))
+    y_pred[40:50] = y_true[40:50]
+    labels = [sorted(set(t)) for t in y_true]
+    assert macro_f1_batch(y_true, y_pred, 3) == pytest.approx([f1_score(t, p, labels=k, average="macro", zero_division=0) for t, p, k in zip(y_true, y_pred, labels)])
+    assert macro_f1_batch(y_true, y_pred, 3) == pytest.approx([macro_f1(t, p, 3) for t, p in zip(y_true, y_pred)])
+    with pytest.warns(UserWarning):  # sklearn warns when a predicted class is absent from the truth, and averages the truth's classes
+        balanced = [balanced_accuracy_score(t, p) for t, p in zip(y_true, y_pred)]
+    assert classification_batch(y_true, y_pred, 3, "balanced_accuracy") == pytest.approx(balanced)
+    assert classification_batch(y_true, y_pred, 3, "mcc") == pytest.approx([matthews_corrcoef(t, p) for t, p in zip(y_true, y_pred)])
+    assert [classification_metrics(t, p, 3)["balanced_accuracy"] for t, p in zip(y_true[:60], y_pred[:60])] == pytest.approx(balanced[:60])
 
 
 def test_bootstrap_ci_contains_the_estimate_and_is_deterministic() -> None:
@@ -198,12 +251,62 @@ def test_bootstrap_ci_contains_the_estimate_and_is_deterministic() -> None:
     assert mean_ci(values, seed=2) != (low, high)
     assert mean_ci(np.full(6, 0.8)) == pytest.approx((0.8, 0.8))
     f1 = f1_score(Y_TRUE, Y_PRED, average="macro")
-    f1_low, f1_high = macro_f1_ci(Y_TRUE, Y_PRED, 3, seed=0)
+    f1_low, f1_high = classification_ci(Y_TRUE, Y_PRED, 3, seed=0)
     assert f1_low <= f1 <= f1_high and f1_low < f1_high
-    assert macro_f1_ci([1, 1, 2], [1, 1, 2], 3) == (1.0, 1.0)
+    assert classification_ci([1, 1, 2], [1, 1, 2], 3) == (1.0, 1.0)
     # the percentile interval of the statistic over resampled indices
     low, high = bootstrap_ci(lambda idx: values[idx].max(axis=1), len(values), resamples=500, seed=0, level=0.9)
     assert values.min() <= low <= high == values.max()
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def _segmentation(values: np.ndarray) -> dict:
+    from pancreas_multitask.evaluation.evaluate import segmentation_summary
+
+    summary = segmentation_summary(pd.Series(values), 2000, 0)
+    return {"dsc_pancreas": summary, "dsc_lesion": summary}
+
+
+@pytest.mark.parametrize("n", [3, 12, 36])
+def test_three_state_verdicts_respect_the_interval(n: int) -> None:
+    """Met only when the whole CI reaches the target, not met only when it lies below, undecided in between;
+    below MIN_CASES_FOR_VERDICT cases nothing is decided, however far the estimate is from the target."""
+    rng = np.random.default_rng(n)
+    for centre, expected in ((0.97, MET), (0.80, NOT_MET), (0.91, UNDECIDED)):
+        values = rng.normal(0, 0.03, n)
+        values = values - values.mean() + centre  # the mean exactly at the centre
+        target = target_table(_segmentation(values), None)["dsc_pancreas"]
+        low, high = target["ci95"]
+        assert target["value"] == pytest.approx(centre) and target["n"] == n
+        if n < MIN_CASES_FOR_VERDICT:
+            assert target["verdict"] == UNDECIDED and f"{n} cases: a verdict needs at least {MIN_CASES_FOR_VERDICT}" in target["reason"]
+        else:
+            assert target["verdict"] == expected, (centre, low, high)
+            assert (low >= 0.91) == (expected == MET) and (high < 0.91) == (expected == NOT_MET)
+    assert target_table(_segmentation(np.full(36, 0.95)), None)["macro_f1"]["verdict"] == "not assessable"
+
+
+def test_verdict_boundaries() -> None:
+    assert judge(0.95, (0.91, 0.99), 0.91, 12).state == MET  # the lower bound exactly at the target
+    assert judge(0.85, (0.80, 0.9099), 0.91, 12).state == NOT_MET
+    assert judge(0.92, (0.90, 0.94), 0.91, 12).state == UNDECIDED and "contains it" in judge(0.92, (0.90, 0.94), 0.91, 12).reason
+    assert judge(0.99, (0.98, 1.0), 0.91, 36, blockers=["2 case(s) lack a prediction"]).state == UNDECIDED
+    assert judge(None, None, 0.7, 0, not_assessable="one class").to_dict() == {"verdict": "not assessable", "reason": "one class"}
+
+
+def test_macro_f1_with_a_class_absent_from_the_truth_decides_nothing() -> None:
+    from pancreas_multitask.evaluation.evaluate import classification_summary
+
+    frame = pd.DataFrame({"subtype_true": [0, 1] * 18, "subtype_pred": pd.array([0, 1] * 18, dtype="Int64")})  # perfect, on 2 of 3 classes
+    classification = classification_summary(frame, ["subtype0", "subtype1", "subtype2"], 500, 0)
+    assert classification["macro_f1"] == 1.0 and classification["macro_f1_ci95"] == [1.0, 1.0]
+    assert classification["f1_over"] == "over 2 of 3 classes (subtype2 absent from the truth)"
+    target = target_table(_segmentation(np.full(36, 0.95)), classification)["macro_f1"]
+    assert target["verdict"] == UNDECIDED and "over 2 of 3 classes" in target["reason"]
+    full = pd.DataFrame({"subtype_true": [0, 1, 2] * 12, "subtype_pred": pd.array([0, 1, 2] * 12, dtype="Int64")})
+    assert target_table(_segmentation(np.full(36, 0.95)), classification_summary(full, ["a", "b", "c"], 500, 0))["macro_f1"]["verdict"] == MET
 
 
 # ---------------------------------------------------------------- ground truth and matching
@@ -282,7 +385,7 @@ def test_missing_and_unexpected_cases_are_listed(tmp_path: Path, capsys: pytest.
     assert summary["n_ground_truth_cases"] == 4 and summary["segmentation"]["dsc_pancreas"]["n"] == 3 and summary["classification"]["n"] == 3
     assert summary["segmentation"]["dsc_pancreas"]["mean"] == pytest.approx((1 + 1 + 0) / 3)
     lesion = summary["targets"]["dsc_lesion"]
-    assert lesion["value"] >= lesion["threshold"] and lesion["passed"] is False  # incomplete predictions pass no target
+    assert lesion["value"] >= lesion["threshold"] and lesion["verdict"] == UNDECIDED and "2 case(s) lack a prediction" in lesion["reason"]  # incomplete: nothing decided
     assert list(worst_first(result.per_case)["case"]) == ["quiz_0_002", "quiz_1_004", "quiz_1_003", "quiz_0_001"]
 
 
@@ -341,7 +444,7 @@ def test_cli_on_a_quiz_layout_folder(tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = run_cli("--validation_data", quiz["gt"], "--prediction_folder", quiz["pred"], "--prediction_csv", quiz["csv"], "--output_folder", out, "--resamples", 300)
     assert done.returncode == 0, done.stderr
-    assert "whole-pancreas DSC: 0.700" in done.stdout and "FAIL" in done.stdout
+    assert "whole-pancreas DSC (chosen on these cases): 0.700" in done.stdout and "UNDECIDED: 4 cases: a verdict needs at least 10" in done.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     seg, cls = metrics["segmentation"], metrics["classification"]
     assert metrics["n_ground_truth_cases"] == 4  # the _0000 images are not ground truth
@@ -352,7 +455,7 @@ def test_cli_on_a_quiz_layout_folder(tmp_path: Path) -> None:
     # true [0, 0, 1, 1], predicted [0, 1, 1, 1]: F1 class 0 = 2/3, class 1 = 4/5; class 2 occurs in neither
     assert cls["macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2) and cls["accuracy"] == 0.75
     assert cls["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 0]] and cls["class_names"] == ["subtype0", "subtype1", "subtype2"]
-    assert {k: t["passed"] for k, t in metrics["targets"].items()} == {"dsc_pancreas": False, "dsc_lesion": True, "macro_f1": True}
+    assert {k: t["verdict"] for k, t in metrics["targets"].items()} == dict.fromkeys(("dsc_pancreas", "dsc_lesion", "macro_f1"), UNDECIDED)  # 4 cases decide nothing
     assert metrics["missing_predictions"] == [] and metrics["unexpected_predictions"] == []
 
     per_case = pd.read_csv(out / "per_case.csv", keep_default_na=False)
@@ -361,13 +464,47 @@ def test_cli_on_a_quiz_layout_folder(tmp_path: Path) -> None:
     assert per_case["prob_pred"].tolist() == pytest.approx([0.7, 0.6, 0.8, 0.5])
     assert per_case["image_file"].tolist()[3] == "" and per_case["image_file"].tolist()[0].endswith("quiz_0_001_0000.nii.gz")
     # exact / lesion missing / all lesion / empty: the lesion is found in cases 1 and 3; the empty one scores the worst distance
+    # all-foreground-lesion in case 3 still has Dice 0.5 with its lesion (a hit); nothing was predicted as lesion elsewhere
     assert per_case["lesion_detected"].tolist() == [1, 0, 1, 0] and per_case["nsd_lesion"].tolist()[:2] == [1, 0]
+    assert per_case["lesion_fp_components"].tolist() == [0, 0, 0, 0] and per_case["lesion_components"].tolist() == [1, 1, 1, 1]
     diagonal = float(np.linalg.norm(np.asarray(SHAPE) * np.diag(AFFINE)[:3]))
     assert per_case["nsd_pancreas"].tolist()[3] == 0 and per_case["hd95_pancreas"].tolist()[3] == pytest.approx(diagonal)
     detection, surface = metrics["lesion_detection"], metrics["surface"]
     assert (detection["rate"], detection["detected"], detection["n"]) == (0.5, 2, 4) and detection["ci95"][0] <= 0.5 <= detection["ci95"][1]
     assert surface["nsd_pancreas"]["mean"] == pytest.approx(per_case["nsd_pancreas"].mean()) and surface["nsd_tolerance_mm"] == NSD_TOLERANCE_MM
     assert (out / "evaluation.html").stat().st_size > 10_000
+
+
+def test_a_ci_straddling_the_target_is_undecided_in_the_cli_the_metrics_and_the_report(tmp_path: Path) -> None:
+    """12 cases, whole-pancreas Dice alternating 1.0 and 0.8: mean 0.9, a CI around the 0.91 target."""
+    gt, pred = tmp_path / "validation", tmp_path / "pred"
+    labels = reference_labels()
+    shrunk = labels.copy()
+    shrunk[0:1, 0:2, 0:2] = 0  # 4 of the 12 foreground voxels missed: Dice 16/20
+    rows = []
+    for i in range(12):
+        case = f"quiz_{i % 3}_{i:03d}"
+        save(gt / f"subtype{i % 3}" / f"{case}.nii.gz", labels)
+        save(pred / f"{case}.nii.gz", labels if i % 2 else shrunk, dtype=np.uint8)
+        rows.append((f"{case}.nii.gz", 0, (0.8, 0.1, 0.1)))  # every answer subtype0
+    csv = write_csv(pred / "subtype_results.csv", rows)
+    out = tmp_path / "out"
+    done = run_cli("--validation_data", gt, "--prediction_folder", pred, "--prediction_csv", csv, "--output_folder", out, "--checkpoint_split", "train (the held-out cases of fold 0)")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    target = metrics["targets"]["dsc_pancreas"]
+    low, high = target["ci95"]
+    assert target["value"] == pytest.approx((1 + 0.8) / 2) and low < 0.91 < high and target["n"] == 12
+    assert target["verdict"] == UNDECIDED and "the interval contains it" in target["reason"] and target["label"] == "whole-pancreas DSC"
+    assert metrics["targets"]["dsc_lesion"]["verdict"] == MET  # every lesion exact
+    assert f"whole-pancreas DSC: {target['value']:.3f} [{low:.3f}, {high:.3f}] (target >= 0.91, 12 cases) UNDECIDED" in done.stdout
+    assert "lesion DSC: 1.000 [1.000, 1.000] (target >= 0.31, 12 cases) MET" in done.stdout
+    # every answer subtype0: collapsed, and no better than always answering it
+    assert "WARNING: collapsed subtype answers: subtype0 is 12 of the 12 answers" in done.stdout, done.stdout
+    assert "cannot be told from chance" in done.stdout
+    summary = (out / "evaluation.html").read_text()
+    row = re.search(r"<tr><td>whole-pancreas DSC</td>.*?</tr>", summary).group(0)
+    assert '<span class="undecided">undecided</span>' in row and "chosen on these cases" not in summary
 
 
 def test_cli_fails_clearly_on_bad_input(tmp_path: Path) -> None:
@@ -451,9 +588,11 @@ def test_cli_with_the_phantom_answer_key_folder(tiny_phantom: Path, tmp_path: Pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_ground_truth_cases"] == len(key) == 2
     assert metrics["segmentation"]["dsc_pancreas"]["mean"] == 1.0 and metrics["segmentation"]["dsc_lesion"]["ci95"] == [1.0, 1.0]
-    assert metrics["classification"]["accuracy"] == 1.0 and all(t["passed"] for t in metrics["targets"].values())
+    assert metrics["classification"]["accuracy"] == 1.0 and all(t["verdict"] == UNDECIDED for t in metrics["targets"].values())  # 2 cases decide nothing
+    assert "equals its prediction" in metrics["classification"]["label_warning"] and str(answers / "subtype_labels.csv") in metrics["classification"]["label_warning"]
     assert "Synthetic phantom data" in (out / "evaluation.html").read_text()  # perfect phantom numbers are flagged as no CT result
     assert metrics["sources"]["ground_truth"].startswith(str(answers / "subtype_labels.csv"))
     per_case = pd.read_csv(out / "per_case.csv")
     assert per_case["image_file"].map(lambda f: Path(f).is_file()).all() and per_case["prob_pred"].tolist() == [0.9, 0.9]
-    assert "Evaluated split: test." in (out / "evaluation.html").read_text() and "PASS" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Evaluated split: test." in (out / "evaluation.html").read_text() and "UNDECIDED" in printed and "WARNING: every one of the 2 true subtypes" in printed

@@ -128,7 +128,7 @@ def _check_inference(repo: Path, run_dir: Path) -> None:
 
 
 def _check_evaluation(repo: Path, run_dir: Path, printed: str) -> None:
-    from pancreas_multitask.evaluation.report import fmt
+    from pancreas_multitask.evaluation.report import fmt, fmt_ci
 
     report = run_dir / "evaluation.html"
     assert f"report: {report.relative_to(repo)}" in printed  # the runner's last line names the report
@@ -139,8 +139,12 @@ def _check_evaluation(repo: Path, run_dir: Path, printed: str) -> None:
         assert metrics["n_ground_truth_cases"] == n and not metrics["missing_predictions"]
         assert len((run_dir / "evaluation" / split / "per_case.csv").read_text().splitlines()) == n + 1
     metrics = json.loads((run_dir / "evaluation" / "test" / "metrics.json").read_text())  # the main report is the held-out split
-    for target in metrics["targets"].values():
-        assert fmt(target["value"]) in html
+    for target in metrics["targets"].values():  # 3 test cases: every target undecided, said so beside its CI
+        assert fmt(target["value"]) in html and target["verdict"] == "undecided" and f'<span class="undecided">undecided</span>' in html
+    assert 'id="chance-line"' in html and 'alt="prediction histogram"' in html and metrics["classification"]["chance"]["permutation_null"]["permutations"] == 2000
+    assert "chosen on these cases" not in html  # the test split chose nothing
+    validation = json.loads((run_dir / "evaluation" / "validation" / "metrics.json").read_text())
+    assert all(t["label"].endswith("(chosen on these cases)") for t in validation["targets"].values())
     assert "validation" in html and "data:image/png;base64" in html
     calibration = metrics["classification"]["calibration"]  # ECE of the CSV's calibrated probabilities and of those before
     assert {"calibrated", "uncalibrated"} <= set(calibration) and 'alt="reliability diagram"' in html
@@ -153,4 +157,5 @@ def _check_evaluation(repo: Path, run_dir: Path, printed: str) -> None:
     index = (run_dir / "index.html").read_text()
     assert "href='evaluation.html'" in index and "href='evaluation_validation.html'" in index
     page = (run_dir / "04_evaluate.html").read_text()
-    assert "data:image/png;base64" in page and "macro_f1" in page  # static viewer montage and the target table
+    assert "data:image/png;base64" in page and "subtype macro-F1" in page  # static viewer montage and the target table
+    assert f"{fmt(metrics['targets']['macro_f1']['value'])} {fmt_ci(metrics['targets']['macro_f1']['ci95'])}: {metrics['targets']['macro_f1']['verdict']}" in page

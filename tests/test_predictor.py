@@ -79,7 +79,8 @@ def test_real_case_comes_back_in_its_own_geometry(predictor, real_case_dir: Path
     assert "".join(nib.aff2axcodes(mask.affine)) == "LPS"
     # and it can be scored against its real (float) mask: evaluate_case raises on any grid mismatch
     scored = evaluate_case(real_case_dir / "quiz_0_324.nii.gz", tmp_path / "quiz_0_324.nii.gz")
-    assert set(scored) == {"dsc_pancreas", "dsc_lesion", "nsd_pancreas", "nsd_lesion", "hd95_pancreas", "hd95_lesion", "lesion_detected"}
+    assert set(scored) == {"dsc_pancreas", "dsc_lesion", "nsd_pancreas", "nsd_lesion", "hd95_pancreas", "hd95_lesion", "lesion_detected",
+                           "lesion_components", "lesion_components_detected", "lesion_fp_components"}
     assert 0 <= scored["nsd_pancreas"] <= 1 and scored["hd95_pancreas"] >= 0  # in mm, on the real case's LPS grid
 
 

@@ -93,7 +93,8 @@ def test_real_cases_train_predict_and_evaluate(real_quiz: Path, manifest, tmp_pa
     evaluated = evaluate_folder(workspace.ground_truth("validation")[0], validation, validation / CSV_NAME, tmp_path / "eval", unprocessed_folder=validation / UNPROCESSED)
     summary = evaluated.summary
     assert summary["classification"] is None and "one-class set" in summary["classification_not_assessable"]
-    assert summary["targets"]["macro_f1"]["value"] is None and summary["targets"]["macro_f1"]["passed"] is None
+    assert summary["targets"]["macro_f1"]["value"] is None and summary["targets"]["macro_f1"]["verdict"] == "not assessable"
+    assert summary["targets"]["dsc_pancreas"]["verdict"] == "undecided"  # one validation case decides nothing
     assert not math.isnan(summary["segmentation"]["dsc_pancreas"]["mean"])
     assert set(summary["postprocessing"]["dsc_pancreas"]) == {"with", "without"}
     assert snapshot(REAL_CT) == before  # the shared real data is only read

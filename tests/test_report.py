@@ -46,8 +46,16 @@ def evaluated(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory):
         probs[guess] = 0.8
         lines.append(f"{case.mask_file},{guess},{probs[0]:.6f},{probs[1]:.6f},{probs[2]:.6f}")
     (root / "pred" / "subtype_results.csv").write_text("\n".join(lines) + "\n")
-    result = evaluate_folder(cases, root / "pred", root / "pred" / "subtype_results.csv", root / "out", resamples=300, ground_truth_source=str(tiny_phantom / "quiz" / "validation"))
+    result = evaluate_folder(cases, root / "pred", root / "pred" / "subtype_results.csv", root / "out", resamples=300, ground_truth_source=str(tiny_phantom / "quiz" / "validation"),
+                             selection_split="validation", evaluated_split="validation")
     return root, result
+
+
+def as_test_split(result, tmp_path: Path):
+    """The fixture's predictions scored as if they were another split than the one that chose."""
+    first = result.per_case.iloc[0]
+    return evaluate_folder(read_quiz_layout(Path(first["gt_file"]).parents[1], MANIFEST), Path(first["pred_file"]).parent, Path(first["pred_file"]).parent / "subtype_results.csv",
+                           tmp_path / "as_test", resamples=100, selection_split="validation", evaluated_split="test")
 
 
 def training_frame() -> pd.DataFrame:
@@ -69,8 +77,7 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
     inference["calibration"] = {"fold 0": {"temperature": 20.0, "fitted_on": "fold 0 validation cases", "cases": 15}}  # at its bound
     benchmark = {"rows": [{"predictor": "nnUNetPredictor", "s_per_case": 3.21}, {"predictor": "multitask", "s_per_case": 3.3, "time_shares": {"read": 0.25, "network": 0.75}}],
                  "device": "cpu", "sizes": {"small": [1, 2, 3], "large": [4, 5, 6]}, "date": "2026-11-30 10:00", "git_revision": "0123456789abcdef0123"}
-    path = write_report(result, root / "out" / "evaluation.html", checkpoint_split="validation", evaluated_split="validation",
-                        training_metrics=training_frame(), inference=inference, benchmark=benchmark, provenance=provenance, worst_n=2,
+    path = write_report(result, root / "out" / "evaluation.html", training_metrics=training_frame(), inference=inference, benchmark=benchmark, provenance=provenance, worst_n=2,
                         display_roots=(root.parent,))
     text = path.read_text()
     # readable cells: no JSON, no absolute path under the repository; the benchmark says when and where it was measured
@@ -80,10 +87,13 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
     assert "measured 2026-11-30 10:00" in label and "0123456789ab" in label and "not in this run" in label
     metrics = json.loads((root / "out" / "metrics.json").read_text())
 
-    summary = section(text, "summary")
-    rows = re.findall(r"<tr><td>(.*?)</td><td class=\"num\">(.*?)</td><td class=\"num\">(.*?)</td><td>.*?</td><td class=\"\w+\">(\w+)</td></tr>", summary)
-    expected = [(t["label"], fmt(t["value"]), fmt_ci(t["ci95"]), "pass" if t["passed"] else "fail") for t in metrics["targets"].values()]
+    summary = html.unescape(section(text, "summary"))
+    rows = re.findall(r'<tr><td>(.*?)</td><td class="num">(.*?)</td><td class="num">(.*?)</td><td class="num">(\d+)</td><td>.*?</td><td><span class="(\w+)">(.*?)</span><br><span class="note">(.*?)</span></td>', summary)
+    over = metrics["classification"]["f1_over"]
+    expected = [(t["label"], fmt(t["value"]) + (f" ({over})" if key == "macro_f1" else ""), fmt_ci(t["ci95"]), str(t["n"]), t["verdict"].replace(" ", ""), t["verdict"], t["reason"])
+                for key, t in metrics["targets"].items()]
     assert rows == expected and len(rows) == 3
+    assert all(t["label"].endswith("(chosen on these cases)") and t["verdict"] == "undecided" for t in metrics["targets"].values())  # scored where chosen; 3 cases
     assert metrics["targets"]["dsc_lesion"]["value"] < 1.0 and metrics["classification"]["accuracy"] == pytest.approx(2 / 3)
     per_class = section(text, "per-class")
     for c in metrics["classification"]["per_class"]:
@@ -103,7 +113,7 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
     assert "<th>time_shares network</th>" in text and "<td>0.75</td>" in text and "{&#34;" not in text  # nested values as columns, no JSON
 
     images = re.findall(r"<img\b[^>]*>", text)
-    assert len(images) == 5  # confusion matrix, reliability diagram, DSC per subtype, worst cases, training curves
+    assert len(images) == 6  # confusion matrix, prediction histogram, reliability diagram, DSC per subtype, worst cases, training curves
     calibration = metrics["classification"]["calibration"]  # the fixture's CSV holds probabilities only: shown as they are
     assert "uncalibrated" not in calibration and calibration["n"] == 3
     assert f"<tr><td>the CSV&#39;s probabilities</td><td class=\"num\">{fmt(calibration['calibrated']['ece'])}</td>" in section(text, "calibration")
@@ -120,15 +130,14 @@ def test_report_holds_the_numbers_of_metrics_json_and_is_offline(evaluated, repo
 
 def test_missing_optional_inputs_say_not_available(evaluated, tmp_path: Path) -> None:
     _, result = evaluated
-    text = write_report(result, tmp_path / "r.html", checkpoint_split="validation", evaluated_split="test",
-                        training_metrics=tmp_path / "absent.csv", benchmark={"device": "cpu"}).read_text()
-    assert "optimistic" not in text
+    result = as_test_split(result, tmp_path)
+    text = write_report(result, tmp_path / "r.html", training_metrics=tmp_path / "absent.csv", benchmark={"device": "cpu"}).read_text()
+    assert "optimistic" not in text and "chosen on these cases" not in text
     assert f"Not available (file not found: {tmp_path / 'absent.csv'})" in text
     assert "Not available (not given)" in text  # inference and provenance
     assert "Not available (the benchmark JSON has no &#39;rows&#39; list)" in text
-    assert len(re.findall(r"<img\b", text)) == 4  # no training curves
-    text = write_report(result, tmp_path / "r.html", checkpoint_split="validation", evaluated_split="test",
-                        training_metrics=pd.DataFrame({"epoch": [0, 1]})).read_text()
+    assert len(re.findall(r"<img\b", text)) == 5  # no training curves
+    text = write_report(result, tmp_path / "r.html", training_metrics=pd.DataFrame({"epoch": [0, 1]})).read_text()
     assert "Not available (the per-epoch file lacks the column" in text
 
 
@@ -155,14 +164,16 @@ def test_one_class_set_shows_classification_as_not_assessable_and_postprocessing
         nib.save(nib.Nifti1Image(labels, img.affine), str(final / case.mask_file))
         lines.append(f"{case.mask_file},1,0.1,0.8,0.1")
     (final / "subtype_results.csv").write_text("\n".join(lines) + "\n")
-    result = evaluate_folder(cases, final, final / "subtype_results.csv", tmp_path / "out", resamples=100, unprocessed_folder=raw)
+    result = evaluate_folder(cases, final, final / "subtype_results.csv", tmp_path / "out", resamples=100, unprocessed_folder=raw,
+                             selection_split="validation", evaluated_split="validation")
     summary = result.summary
     assert summary["classification"] is None and "one-class set" in summary["classification_not_assessable"]
-    assert summary["targets"]["macro_f1"] == {**summary["targets"]["macro_f1"], "value": None, "passed": None}
+    assert summary["targets"]["macro_f1"] == {**summary["targets"]["macro_f1"], "value": None, "verdict": "not assessable"}
+    assert "one-class set" in summary["targets"]["macro_f1"]["reason"]
     pp = summary["postprocessing"]
     assert pp["dsc_pancreas"]["with"]["mean"] == 1.0 and pp["dsc_pancreas"]["without"]["mean"] < 1.0
     assert (result.per_case["dsc_pancreas_no_postprocessing"] < 1.0).all()
-    text = html.unescape(write_report(result, tmp_path / "report.html", checkpoint_split="validation", evaluated_split="validation").read_text())
+    text = html.unescape(write_report(result, tmp_path / "report.html").read_text())
     summary_table = section(text, "summary")
     assert "not assessable" in summary_table and "1.000" not in summary_table.split("macro-F1")[1]
     assert "Not assessable: all" in text
@@ -175,7 +186,32 @@ def test_a_benchmark_with_markdown_shows_the_readmes_table(evaluated, tmp_path: 
     benchmark = tmp_path / "speed.json"
     benchmark.write_text(json.dumps({"rows": [{"setting": "fast", "a": 1, "b": 2, "c": 3}], "date": "2026-11-30", "git_revision": "abc"}))
     benchmark.with_suffix(".md").write_text("Caption with `code`\n\n| setting | s / case |\n| --- | --- |\n| fast | **1.50** |\n\nA note.\n")
-    text = write_report(result, tmp_path / "r.html", checkpoint_split="validation", evaluated_split="test", benchmark=benchmark).read_text()
+    text = write_report(result, tmp_path / "r.html", benchmark=benchmark).read_text()
     part = text.split("<h2>Benchmark</h2>")[1].split("<h2>")[0]
     assert "<th>setting</th><th>s / case</th>" in part and "<td>fast</td><td>1.50</td>" in part  # the Markdown's columns, not the JSON's
     assert "<p>Caption with code</p>" in part and "<p>A note.</p>" in part and "<th>a</th>" not in part
+
+
+def test_one_class_answers_raise_the_collapse_warning_and_the_chance_flag(evaluated, tiny_phantom: Path, tmp_path: Path) -> None:
+    """The heads benchmark's original head answered one subtype for every case; the report must say so on its first screen."""
+    root, _ = evaluated
+    cases = read_quiz_layout(tiny_phantom / "quiz" / "validation", MANIFEST)
+    csv = tmp_path / "one_class.csv"
+    csv.write_text("Names,Subtype,prob_subtype0,prob_subtype1,prob_subtype2\n" + "".join(f"{c.mask_file},1,0.2,0.6,0.2\n" for c in cases))
+    result = evaluate_folder(cases, root / "pred", csv, tmp_path / "out", resamples=200, selection_split="validation", evaluated_split="test")
+    classification = result.summary["classification"]
+    assert classification["prediction_histogram"] == {"true": [1, 1, 1], "predicted": [0, 3, 0]}
+    assert classification["collapse_warnings"] == ["subtype1 is 3 of the 3 answers (100%, more than 80%)", "subtype0 is never predicted, though 1 case(s) have it",
+                                                   "subtype2 is never predicted, though 1 case(s) have it"]
+    chance = classification["chance"]
+    assert chance["indistinguishable_from_chance"] and chance["permutation_null"]["p95"] == pytest.approx(classification["macro_f1"])  # shuffling one answer changes nothing
+    assert chance["constant_answer"]["macro_f1"] == pytest.approx(classification["macro_f1"]) == pytest.approx(0.5 / 3)
+    text = html.unescape(write_report(result, tmp_path / "r.html").read_text())
+    first_screen = text.split("<h2>Subtype classification</h2>")[0]
+    assert "Collapsed subtype answers: subtype1 is 3 of the 3 answers (100%, more than 80%); subtype0 is never predicted" in first_screen
+    assert 'id="collapse-warning"' in first_screen and 'id="chance-warning"' in first_screen
+    assert "always subtype0: 0.167" in section(text, "summary") and 'alt="prediction histogram"' in text and 'id="chance-line"' in text
+    balanced = pd.DataFrame({"subtype_true": [0, 1, 2] * 4, "subtype_pred": pd.array([0, 1, 2, 1] * 3, dtype="Int64")})
+    from pancreas_multitask.evaluation.evaluate import classification_summary
+
+    assert classification_summary(balanced, ["a", "b", "c"], 200, 0)["collapse_warnings"] == []  # 6 of 12 answers are b: no collapse

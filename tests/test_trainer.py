@@ -233,3 +233,164 @@ def test_subtype_loss_only_on_patches_that_show_the_lesion(tiny_prepared, manife
     finally:
         for loader in (trainer.dataloader_train, trainer.dataloader_val):
             loader._finish()
+
+
+def test_a_checkpoint_is_selected_only_at_an_epoch_whose_case_level_pass_ran_on_its_weights(tiny_prepared, manifest, results, monkeypatch) -> None:
+    """With case_val_every=10 the F1 exists at epochs 0, 10 and the last; in between nothing is carried forward.
+    Before, epoch 0's high F1 was carried to epochs 1-9, and a rising EMA made epoch 9 the 'best' on weights that F1 never saw."""
+    import json
+
+    from pancreas_multitask.model.folders import CASE_VALIDATION_FILE
+
+    settings = MultitaskSettings(num_epochs=12, patience=50, criterion_dice_weight=0.5, **{**TINY_RUN, "case_val_every": 10})
+    trainer = _trainer(tiny_prepared, manifest, settings)
+    scripted = iter([0.9, 0.1, 0.1])  # epochs 0, 10, 11
+    passes: list[int] = []
+
+    def case_level_validation():
+        passes.append(trainer.current_epoch)
+        trainer.record_case_predictions(trainer._case_keys[1], [0] * len(trainer._case_keys[1]))
+        return next(scripted), 0.5
+
+    monkeypatch.setattr(trainer, "case_level_validation", case_level_validation)
+    get_value = trainer.logger.get_value
+    monkeypatch.setattr(trainer.logger, "get_value", lambda key, step: step / 100 if key == "ema_fg_dice" and step is not None else get_value(key, step))  # a rising EMA
+    trainer.run_training()
+
+    frame = pd.read_csv(Path(trainer.output_folder) / METRICS_FILE)
+    assert passes == [0, 10, 11]
+    fresh = frame["val_macro_f1"].notna()
+    assert frame.loc[fresh, "epoch"].tolist() == [0, 10, 11] and frame.loc[~fresh, "val_criterion"].isna().all()
+    selected = int(frame["val_criterion"].idxmax())
+    assert selected % 10 == 0 or selected == settings.num_epochs - 1
+    assert selected == 0 and frame.loc[0, "val_criterion"] == pytest.approx(0.5 * 0.0 + 0.5 * 0.9)
+    assert torch.load(Path(trainer.output_folder) / "checkpoint_best.pth", weights_only=False)["current_epoch"] == 1  # nnU-Net stores epoch + 1
+    record = json.loads((Path(trainer.output_folder) / CASE_VALIDATION_FILE).read_text())
+    assert sorted(record["epochs"]) == ["0", "10", "11"] and set(record["truth"]) == set(trainer._case_keys[1])
+
+
+def test_training_scores_macro_f1_as_evaluation_does(tiny_prepared, manifest, results, monkeypatch) -> None:
+    """Over the manifest's classes present in the truth: a class never predicted scores 0, one absent from the truth is not averaged in."""
+    import numpy as np
+
+    from pancreas_multitask.evaluation.metrics import classification_metrics
+
+    trainer = _trainer(tiny_prepared, manifest, MultitaskSettings(num_epochs=1, **TINY_RUN))
+    truth = {"a": 0, "b": 0, "c": 1, "d": 1, "e": 2, "f": 2}
+    monkeypatch.setattr(trainer, "_subtype", truth.__getitem__)
+    one_hot = lambda labels: [np.eye(3)[k] for k in labels]  # noqa: E731
+    never_two = one_hot([0, 0, 1, 1, 1, 1])
+    f1, accuracy = trainer._f1_accuracy(list(truth), never_two)
+    assert f1 == pytest.approx((1 + 2 / 3 + 0) / 3) == classification_metrics(list(truth.values()), [0, 0, 1, 1, 1, 1], 3)["macro_f1"] and accuracy == pytest.approx(4 / 6)
+    keys = ["a", "b", "c", "d"]  # no subtype 2 in the truth; one answer of subtype 2
+    f1, _ = trainer._f1_accuracy(keys, one_hot([0, 2, 1, 1]))
+    assert f1 == pytest.approx((2 / 3 + 1) / 2) == classification_metrics([0, 0, 1, 1], [0, 2, 1, 1], 3)["macro_f1"]  # not (2/3 + 1 + 0) / 3
+
+
+def test_loss_weights_and_class_weights_reach_the_losses(tiny_prepared, manifest, results, monkeypatch) -> None:
+    """w_cls = 0 leaves the head without gradient; the segmentation gradient scales with w_seg; the cross-entropy's
+    weights are the inverse-frequency weights of the training split's subtypes."""
+    import json
+
+    import numpy as np
+
+    from pancreas_multitask.experiment_planning.subtype_table import SUBTYPE_TABLE, read_subtype_table
+    from pancreas_multitask.training.schedule import class_weights
+
+    settings = MultitaskSettings(num_epochs=1, **{**TINY_RUN, "initial_lr": 0.0})  # lr 0: the weights stay as they are between steps
+    trainer = _trainer(tiny_prepared, manifest, settings)
+    pre = tiny_prepared.nnunet_preprocessed / manifest.dataset_name
+    train_keys = sorted(json.loads((pre / "splits_final.json").read_text())[0]["train"])
+    table = read_subtype_table(pre / SUBTYPE_TABLE, 3)
+    assert [table[k][0] for k in train_keys] == [0, 0, 1, 1, 2, 2]  # the tiny phantom is balanced: make it imbalanced
+    for key in train_keys[2:5]:
+        trainer.subtypes[key] = (0, "train")
+    trainer.on_train_start()
+    try:
+        expected = class_weights(np.bincount([trainer.subtypes[k][0] for k in train_keys], minlength=3), settings.class_weight_smoothing)
+        assert np.bincount([trainer.subtypes[k][0] for k in train_keys], minlength=3).tolist() == [5, 0, 1] and len(set(np.round(expected, 6))) == 3
+        assert trainer.cls_loss.weight.tolist() == pytest.approx(expected.tolist())
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *args, **kwargs: None)  # compare raw gradients
+        batch = next(trainer.dataloader_train)
+        batch["target"][0][:, :, :4, :8, :8] = 1  # every patch shows a lesion: the subtype loss counts
+        network = trainer.multitask_network()
+        head = list(network.head.parameters())
+        segmentation = [p for n, p in network.named_parameters() if "decoder" in n]
+
+        def step(w_seg: float, w_cls: float) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
+            monkeypatch.setattr(trainer, "current_loss_weights", lambda: (w_seg, w_cls))
+            network.eval()  # no dropout in the head: the same forward each time
+            out = trainer.train_step(batch)
+            grads = lambda params: [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]  # noqa: E731  (None: not in this forward)
+            return out, grads(head), grads(segmentation)
+
+        out, head_grads, seg_grads = step(1.0, 0.0)
+        assert all(torch.count_nonzero(g) == 0 for g in head_grads) and any(torch.count_nonzero(g) > 0 for g in seg_grads)
+        assert float(out["loss"]) == pytest.approx(float(out["seg_loss"]), rel=1e-6)
+        half, _, half_seg = step(0.5, 0.0)
+        assert float(half["loss"]) == pytest.approx(0.5 * float(half["seg_loss"]), rel=1e-6)
+        assert all(torch.allclose(h, 0.5 * g, rtol=1e-4, atol=1e-8) for h, g in zip(half_seg, seg_grads))
+        both, head_grads, _ = step(0.5, 0.5)
+        assert any(torch.count_nonzero(g) > 0 for g in head_grads)  # the head learns once w_cls > 0
+        assert float(both["loss"]) == pytest.approx(0.5 * float(both["seg_loss"]) + 0.5 * float(both["cls_loss"]), rel=1e-5)
+    finally:
+        for loader in (trainer.dataloader_train, trainer.dataloader_val):
+            loader._finish()
+
+
+@pytest.mark.parametrize("mode", ["given", "cv5"])
+def test_postprocessing_is_determined_on_the_selection_split(tiny_prepared, manifest, tmp_path, monkeypatch, mode) -> None:
+    """Under both split modes nnU-Net's determine_postprocessing sees exactly Workspace.selection_cases(), even when the
+    validation folder holds predictions of other cases; a selection case without a prediction stops it, naming the case."""
+    import json
+    import shutil
+
+    import nnunetv2.postprocessing.remove_connected_components as rcc
+
+    from pancreas_multitask.experiment_planning.splits import given_split, stratified_cv
+    from pancreas_multitask.io import write_json
+    from pancreas_multitask.postprocessing import PP_CASES
+    from pancreas_multitask.training.train import ensure_postprocessing
+
+    work = tmp_path / "work"
+    paths = replace(tiny_prepared, work=work)
+    shutil.copytree(tiny_prepared.nnunet_raw, paths.nnunet_raw)  # the case table
+    pre = paths.nnunet_preprocessed / manifest.dataset_name
+    shutil.copytree(tiny_prepared.nnunet_preprocessed / manifest.dataset_name, pre, ignore=shutil.ignore_patterns("nnUNetPlans_3d_fullres"))
+    workspace = Workspace(manifest, paths, CPU_PLANS)
+    write_json(workspace.record("prepare"), {"split_mode": mode})
+    from pancreas_multitask.experiment_planning.subtype_table import SUBTYPE_TABLE, read_subtype_table
+
+    table = {k: (v[0], v[1]) for k, v in read_subtype_table(pre / SUBTYPE_TABLE, 3).items()}
+    write_json(pre / "splits_final.json", given_split(table) if mode == "given" else stratified_cv(table, n_folds=2))  # 6 train cases: 2 folds
+    cases = workspace.selection_cases()
+    validation = sorted(k for k, (_, split) in table.items() if split == "validation")
+    if mode == "given":
+        assert cases == validation and workspace.selection_split() == "validation"
+    else:
+        assert cases == sorted(json.loads((pre / "splits_final.json").read_text())[0]["val"]) and not set(cases) & set(validation)
+        assert workspace.selection_split().startswith("train (the held-out cases of fold 0")
+    fold = workspace.fold_folder
+    (fold / "validation").mkdir(parents=True)
+    for name in ("plans.json", "dataset.json"):
+        shutil.copy(pre / (f"{CPU_PLANS}.json" if name == "plans.json" else name), fold.parent / name)
+    for case in table:  # predictions of every labelled case: only the selection split's may be used
+        shutil.copy(pre / "gt_segmentations" / f"{case}.nii.gz", fold / "validation" / f"{case}.nii.gz")
+    seen = {}
+
+    def determine(folder_predictions, folder_ref, *args, **kwargs):
+        seen["predictions"] = sorted(p.name.removesuffix(".nii.gz") for p in Path(folder_predictions).glob("*.nii.gz"))
+        seen["reference"] = sorted(p.name.removesuffix(".nii.gz") for p in Path(folder_ref).glob("*.nii.gz"))
+        import pickle
+
+        (Path(folder_predictions) / "postprocessing.pkl").write_bytes(pickle.dumps(([], [])))
+        (Path(folder_predictions) / "postprocessing.json").write_text("{}")
+
+    monkeypatch.setattr(rcc, "determine_postprocessing", determine)
+    ensure_postprocessing(workspace, pre / "gt_segmentations")
+    assert seen == {"predictions": cases, "reference": cases}
+    assert json.loads((fold / PP_CASES).read_text()) == {"chosen_on": workspace.selection_split(), "cases": cases}
+    (fold / "validation" / f"{cases[0]}.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=cases[0]):
+        ensure_postprocessing(workspace, pre / "gt_segmentations", force=True)

@@ -2,10 +2,12 @@
 
 nnU-Net decides per label or region whether keeping only the largest connected component raises
 the mean Dice of full-volume predictions (``determine_postprocessing``), and applies what helped
-(``apply_postprocessing``). The project determines it on the fold's final full-volume validation
-(the validation split, the split that also selected the checkpoint) and keeps the result beside the
-checkpoints as ``fold_K/postprocessing.pkl`` (and nnU-Net's ``postprocessing.json``, which records
-the Dice before and after), so the exported zip carries it.
+(``apply_postprocessing``). The project determines it on the fold's final full-volume validation of
+exactly the selection split's cases (``Workspace.selection_cases``: the validation split, or under
+``cv5`` the fold's held-out train cases), the split that also selected the checkpoint, and keeps the
+result beside the checkpoints as ``fold_K/postprocessing.pkl`` (and nnU-Net's ``postprocessing.json``,
+which records the Dice before and after), with the cases it was determined on in ``PP_CASES``, so the
+exported zip carries it.
 """
 
 from __future__ import annotations
@@ -20,38 +22,53 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .io import atomic_path
+from .io import atomic_path, write_json
 
 PP_PICKLE = "postprocessing.pkl"
 PP_JSON = "postprocessing.json"
+PP_CASES = "postprocessing_cases.json"  # the cases the postprocessing was determined on
 VALIDATION_FOLDER = "validation"  # where nnU-Net's final validation writes its predictions
 UNPROCESSED = "no_postprocessing"  # inference keeps the masks before postprocessing here, for the before/after Dice
 
 Postprocessing = tuple[list[Callable], list[dict[str, Any]]]
 
 
-def determine_for_fold(fold_folder: str | Path, gt_folder: str | Path, num_processes: int = 2) -> dict[str, Any]:
-    """Run nnU-Net's ``determine_postprocessing`` on the fold's validation predictions; keep its result in the fold folder.
+def determine_for_fold(fold_folder: str | Path, gt_folder: str | Path, cases: Sequence[str], num_processes: int = 2, chosen_on: str = "") -> dict[str, Any]:
+    """Run nnU-Net's ``determine_postprocessing`` on the fold's full-volume validation predictions of ``cases``; keep its result
+    (and the cases, ``PP_CASES``) in the fold folder.
 
-    ``gt_folder`` is nnU-Net's ``gt_segmentations`` of the preprocessed dataset. Returns nnU-Net's
-    ``postprocessing.json`` content (functions, Dice before and after).
+    ``gt_folder`` is nnU-Net's ``gt_segmentations`` of the preprocessed dataset. Every case must have a prediction;
+    predictions of other cases in the folder are not used. Returns nnU-Net's ``postprocessing.json`` content.
     """
     from nnunetv2.postprocessing.remove_connected_components import determine_postprocessing
 
     fold_folder = Path(fold_folder)
     predictions = fold_folder / VALIDATION_FOLDER
     model = fold_folder.parent
-    if not (predictions / "summary.json").is_file():
-        raise FileNotFoundError(f"{predictions}: no full-volume validation (summary.json) to determine the postprocessing on")
-    with tempfile.TemporaryDirectory(prefix=".pp_ref-", dir=fold_folder) as ref:
-        # the reference holds exactly the validated cases (gt_segmentations has every training case too)
-        for prediction in predictions.glob(f"*{json.loads((model / 'dataset.json').read_text())['file_ending']}"):
-            os.symlink(Path(gt_folder).resolve() / prediction.name, Path(ref) / prediction.name)
-        determine_postprocessing(str(predictions), ref, str(model / "plans.json"), str(model / "dataset.json"), num_processes, keep_postprocessed_files=False)
-    for name in (PP_PICKLE, PP_JSON):  # atomically, beside the checkpoints
-        with atomic_path(fold_folder / name) as tmp:
-            shutil.copyfile(predictions / name, tmp)
+    ending = json.loads((model / "dataset.json").read_text())["file_ending"]
+    missing = [c for c in cases if not (predictions / f"{c}{ending}").is_file()]
+    if not cases or missing:
+        raise FileNotFoundError(f"{predictions}: no full-volume prediction of {missing or 'any case'}; the postprocessing is determined on every case "
+                                "of the selection split (re-run the training's final validation)")
+    with tempfile.TemporaryDirectory(prefix=".pp-", dir=fold_folder) as tmp:
+        chosen, reference = Path(tmp) / "predictions", Path(tmp) / "reference"
+        chosen.mkdir()
+        reference.mkdir()
+        for case in cases:  # exactly these cases on both sides (gt_segmentations holds every training case too)
+            os.symlink((predictions / f"{case}{ending}").resolve(), chosen / f"{case}{ending}")
+            os.symlink(Path(gt_folder).resolve() / f"{case}{ending}", reference / f"{case}{ending}")
+        determine_postprocessing(str(chosen), str(reference), str(model / "plans.json"), str(model / "dataset.json"), num_processes, keep_postprocessed_files=False)
+        for name in (PP_PICKLE, PP_JSON):  # atomically, beside the checkpoints
+            with atomic_path(fold_folder / name) as target:
+                shutil.copyfile(chosen / name, target)
+    write_json(fold_folder / PP_CASES, {"chosen_on": chosen_on, "cases": sorted(cases)})
     return json.loads((fold_folder / PP_JSON).read_text())
+
+
+def determined_on(fold_folder: str | Path) -> list[str] | None:
+    """The cases the fold's postprocessing was determined on (None when not recorded)."""
+    path = Path(fold_folder) / PP_CASES
+    return json.loads(path.read_text())["cases"] if path.is_file() else None
 
 
 def postprocessing_file(model_folder: str | Path, folds: Sequence[int | str]) -> Path | None:

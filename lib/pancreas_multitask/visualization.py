@@ -142,7 +142,8 @@ def training_curves(frame: pd.DataFrame) -> Figure:
     ]
     for ax, (title, columns) in zip(axes, panels):
         for column, label in columns.items():
-            ax.plot(frame["epoch"], frame[column], label=label)
+            measured = frame[["epoch", column]].dropna()  # the case-level values exist only at the epochs of a case-level pass
+            ax.plot(measured["epoch"], measured[column], label=label, marker="o" if len(measured) < len(frame) else None, markersize=4)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)

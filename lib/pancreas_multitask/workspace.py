@@ -81,15 +81,26 @@ class Workspace:
     def exports(self) -> Path:
         return self.paths.work / "exports"
 
+    def split_mode(self) -> str:
+        """``given`` or ``cv5``, as the prepare record says (``given`` before the prepare stage ran)."""
+        record = self.record("prepare")
+        return json.loads(record.read_text()).get("split_mode", "given") if record.is_file() else "given"
+
     def selection_split(self) -> str:
         """Which cases chose this fold's checkpoint, postprocessing and subtype temperature: the given validation split,
         or under ``split_mode: cv5`` the fold's held-out train cases (the prepare record says which mode)."""
-        record = self.record("prepare")
-        mode = json.loads(record.read_text()).get("split_mode", "given") if record.is_file() else "given"
         train_split, val_split = self.manifest.layout.labeled_splits[:2]
-        if mode == "cv5":
+        if self.split_mode() == "cv5":
             return f"{train_split} (the held-out cases of fold {self.fold} of the 5-fold CV; the {val_split} split chose nothing)"
         return val_split
+
+    def selection_cases(self) -> list[str]:
+        """The case ids of ``selection_split``: the validation split's usable cases (case table), or under ``cv5`` the
+        fold's held-out train cases (``splits_final.json``)."""
+        if self.split_mode() == "cv5":
+            folds = json.loads((self.preprocessed / "splits_final.json").read_text())
+            return sorted(folds[int(self.fold)]["val"])
+        return sorted(c.case_id for c in self.cases(self.manifest.layout.labeled_splits[1]))
 
     # ---- cases ---------------------------------------------------------------------------------------
     @property

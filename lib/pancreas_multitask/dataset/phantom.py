@@ -21,8 +21,8 @@ The three subtypes overlap in mean lesion HU, as on real contrast CT, and differ
 * subtype 2 -- solid, iso- to hyper-enhancing (PNET-like): well defined, often near iso-dense with the
   parenchyma (then with a faint enhancing capsule), sometimes a necrotic core or calcifications.
 
-A threshold on the mean lesion HU therefore separates them poorly (macro-F1 about 0.5, tested),
-while features of the lesion's intensity distribution and texture do much better.
+A threshold on the mean lesion HU therefore separates them poorly, while features of the lesion's
+intensity distribution and texture do better (``tests/test_phantom.py`` checks both).
 Files carry the real data's quirks: float masks where some pancreas voxels hold
 1.0000152587890625, images stored as int16 with scl_slope/scl_inter, as plain int16 or as
 float32, LPS/RAS/LAS orientations and anisotropic, jittered spacing.

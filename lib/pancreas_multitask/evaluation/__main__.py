@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prediction_folder", type=Path, required=True, help="predicted masks <case>.nii.gz")
     parser.add_argument("--prediction_csv", type=Path, required=True, help="predicted subtypes: Names, Subtype[, prob_*]")
     parser.add_argument("--output_folder", type=Path, required=True, help="where metrics.json, per_case.csv and evaluation.html go")
-    parser.add_argument("--checkpoint_split", default="validation", help="the split the checkpoint was selected on (default: validation)")
+    parser.add_argument("--checkpoint_split", default="validation", help="the split that chose the checkpoint, postprocessing and temperature (default: validation)")
     parser.add_argument("--evaluated_split", help="the split evaluated (default: the ground-truth folder's name, or 'test' for an answer key)")
     parser.add_argument("--training_metrics", type=Path, help="the trainer's per-epoch training_metrics.csv, for the report's curves")
     parser.add_argument("--inference_json", type=Path, help="inference.json, for the report's timing table")
@@ -53,18 +53,32 @@ def summary_lines(summary: dict, written: list[Path]) -> list[str]:
     """The short summary the CLI prints."""
     from .report import fmt, fmt_ci
 
-    lines = [f"cases: {summary['n_ground_truth_cases']} in the ground truth, {summary['segmentation']['dsc_pancreas']['n']} with a predicted mask"]
+    from .report import chance_text, detection_texts
+
+    splits = summary["splits"]
+    lines = [f"cases: {summary['n_ground_truth_cases']} in the ground truth, {summary['segmentation']['dsc_pancreas']['n']} with a predicted mask",
+             f"chosen on: {splits['selection']}; evaluated: {splits['evaluated']}" + (" (the same cases: optimistic)" if splits["evaluated_is_selection"] else "")]
     for target in summary["targets"].values():
-        status = "n/a" if target["passed"] is None else ("PASS" if target["passed"] else "FAIL")
-        lines.append(f"{target['label']}: {fmt(target['value'])} {fmt_ci(target['ci95'])} (target >= {target['threshold']:.2f}) {status}")
-    if summary["classification"] is not None:
-        lines.append(f"subtype accuracy: {fmt(summary['classification']['accuracy'])}")
+        lines.append(f"{target['label']}: {fmt(target['value'])} {fmt_ci(target['ci95'])} (target >= {target['threshold']:.2f}, {target['n']} cases) "
+                     f"{target['verdict'].upper()}: {target['reason']}")
+    classification = summary["classification"]
+    if classification is not None:
+        lines.append(f"subtype macro-F1 {classification['f1_over']}; balanced accuracy {fmt(classification['balanced_accuracy'])}, MCC {fmt(classification['mcc'])}, "
+                     f"accuracy {fmt(classification['accuracy'])}")
+        lines.append(f"chance line: {chance_text(classification)}")
+        if classification["chance"]["indistinguishable_from_chance"]:
+            lines.append("WARNING: the macro-F1 cannot be told from chance (its CI reaches the shuffled answers' 95th percentile)")
+        lines += [f"WARNING: collapsed subtype answers: {line}" for line in classification["collapse_warnings"]]
+        if classification["label_warning"]:
+            lines.append(f"WARNING: {classification['label_warning']}")
     elif summary.get("classification_not_assessable"):
         lines.append(f"classification not assessable: {summary['classification_not_assessable']}")
     for key, label in (("dsc_pancreas", "whole-pancreas DSC"), ("dsc_lesion", "lesion DSC")):
         if summary.get("postprocessing"):
             pp = summary["postprocessing"][key]
             lines.append(f"{label} without / with postprocessing: {fmt(pp['without']['mean'])} / {fmt(pp['with']['mean'])}")
+    detection = detection_texts(summary["lesion_detection"])
+    lines.append(f"lesions found: {detection['detection_text']}; false-positive lesion components: {detection['fp_text']}")
     lines.append(f"missing predictions: {len(summary['missing_predictions'])}, without ground truth: {len(summary['unexpected_predictions'])}")
     lines += [f"wrote {path}" for path in written]
     return lines
@@ -91,13 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             masks = args.answer_masks or key.parent / ANSWER_KEY_MASKS
             cases, source = read_answer_key(key, masks, args.images), f"{key} (masks: {masks})"
             evaluated = args.evaluated_split or "test"
+        label_file = key if args.validation_data is None else None
         unprocessed = args.prediction_folder / UNPROCESSED
         result = evaluate_folder(cases, args.prediction_folder, args.prediction_csv, args.output_folder, resamples=args.resamples, seed=args.seed, ground_truth_source=source,
-                                 unprocessed_folder=unprocessed if unprocessed.is_dir() else None, postprocessing_chosen_on=args.checkpoint_split)
+                                 unprocessed_folder=unprocessed if unprocessed.is_dir() else None, selection_split=args.checkpoint_split, evaluated_split=evaluated,
+                                 label_file=label_file)
         parameters = {key: str(value) for key, value in vars(args).items() if value is not None}
         provenance = collect_provenance(REPO, args.manifest, args.profile, parameters, args.device)
         report = write_report(
-            result, args.output_folder / REPORT_NAME, checkpoint_split=args.checkpoint_split, evaluated_split=evaluated, display_roots=(Path.cwd(),),
+            result, args.output_folder / REPORT_NAME, display_roots=(Path.cwd(),),
             data_note=data_note(args.validation_data if args.validation_data is not None else (args.answer_key if args.answer_key.is_dir() else args.answer_key.parent)),
             training_metrics=args.training_metrics, inference=args.inference_json, benchmark=args.benchmark_json,
             provenance=provenance, worst_n=args.worst_n,

@@ -17,11 +17,12 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
+
+from .metrics import macro_f1
 
 PANCREAS, LESION = 1, 2
 MIN_CORE = 30  # voxels; a smaller eroded interior falls back to the whole structure
@@ -55,7 +56,7 @@ def lesion_features(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def _cv_macro_f1(model, features: np.ndarray, labels: Sequence[int], folds: int, seed: int) -> float:
     labels = np.asarray(labels)
     predicted = cross_val_predict(model, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    return float(f1_score(labels, predicted, average="macro"))
+    return macro_f1(labels, predicted, int(labels.max()) + 1)
 
 
 def mean_hu_baseline(mean_hu: Sequence[float], labels: Sequence[int], folds: int = 5, seed: int = 0) -> float:

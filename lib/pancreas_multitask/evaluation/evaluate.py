@@ -3,10 +3,12 @@
 Matching is by case id. A ground-truth case without a predicted mask or CSV row is listed in
 ``missing_predictions``, a prediction without ground truth in ``unexpected_predictions``; both are
 printed, and the metrics use the cases that have what they need (Dice: both masks; classification:
-a true and a predicted subtype); no target passes then. A mask that is not on its ground truth's grid
-stops the evaluation, with every such file named. Targets pass when the point estimate reaches the
-threshold. An output folder holds one evaluation: a new one first removes the previous outputs, so an
-interrupted run leaves none rather than a mix of old and new.
+a true and a predicted subtype); no target is met then. A mask that is not on its ground truth's grid
+stops the evaluation, with every such file named. Each target gets a three-state verdict on its 95 % CI
+(``verdict``: met, not met, undecided). When the evaluated split is the one that chose the checkpoint,
+the postprocessing and the temperature, every target's label says so. An output folder holds one
+evaluation: a new one first removes the previous outputs, so an interrupted run leaves none rather than a
+mix of old and new.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ from ..io import remove_stale_temporaries, write_json, write_text
 from ..model.folders import PROB_PREFIX, UNCALIBRATED_PREFIX
 from ..runtime import progress
 from ..dataset.ground_truth import FILE_ENDING, GroundTruthCase, case_id, read_names_csv
-from .metrics import NSD_TOLERANCE_MM, bootstrap_ci, classification_metrics, evaluate_case, macro_f1_ci, mean_ci
+from .chance import chance_line, collapse_warnings, label_check, prediction_histogram
+from .metrics import DETECTION_MIN_DICE, NSD_TOLERANCE_MM, bootstrap_ci, classification_metrics, evaluate_case, classification_ci, mean_ci, ratio_ci
+from .verdict import judge
 
 TARGETS = {"dsc_pancreas": 0.91, "dsc_lesion": 0.31, "macro_f1": 0.70}
 TARGET_LABELS = {"dsc_pancreas": "whole-pancreas DSC", "dsc_lesion": "lesion DSC", "macro_f1": "subtype macro-F1"}
 DSC_KEYS = ("dsc_pancreas", "dsc_lesion")
 SURFACE_KEYS = ("nsd_pancreas", "nsd_lesion", "hd95_pancreas", "hd95_lesion")
+DETECTION_KEYS = ("lesion_detected", "lesion_components", "lesion_components_detected", "lesion_fp_components")
 PER_CASE_COLUMNS = ["case", "mask_file", "image_file", "gt_file", "pred_file", "subtype_true", "subtype_pred", "prob_pred", "prob_pred_uncalibrated",
-                    *DSC_KEYS, *SURFACE_KEYS, "lesion_detected"]
+                    *DSC_KEYS, *SURFACE_KEYS, *DETECTION_KEYS]
+CHOSEN_HERE = "chosen on these cases"  # added to a target's label when the evaluated split is the selection split
 NO_PP_SUFFIX = "_no_postprocessing"  # per-case columns of the masks before nnU-Net's postprocessing
 METRICS_JSON, PER_CASE_CSV = "metrics.json", "per_case.csv"
 
@@ -91,7 +97,7 @@ def per_case_table(ground_truth: Sequence[GroundTruthCase], masks: dict[str, Pat
     records, mismatched = [], []
     for c in progress(ground_truth, "evaluate", unit="case"):
         pred_file, row = masks.get(c.case), rows.get(c.case)
-        dsc = dict.fromkeys((*DSC_KEYS, *SURFACE_KEYS, "lesion_detected"), math.nan)
+        dsc = dict.fromkeys((*DSC_KEYS, *SURFACE_KEYS, *DETECTION_KEYS), math.nan)
         if pred_file is not None:
             try:
                 dsc = evaluate_case(c.gt_file, pred_file)
@@ -120,13 +126,27 @@ def segmentation_summary(values: pd.Series, resamples: int, seed: int) -> dict[s
     return {"n": len(values), "mean": float(values.mean()), "median": float(np.median(values)), "ci95": list(mean_ci(values, resamples=resamples, seed=seed))}
 
 
-def detection_summary(detected: pd.Series, resamples: int, seed: int) -> dict[str, Any]:
-    """Share of the cases with a true lesion whose predicted lesion overlaps it (at least one voxel), with its bootstrap CI."""
-    values = detected.dropna().to_numpy(dtype=float)
-    base = {"definition": "predicted lesion overlaps the true lesion by at least one voxel; cases without a true lesion left out", "n": len(values)}
-    if len(values) == 0:
-        return {**base, "detected": 0, "rate": None, "ci95": None}
-    return {**base, "detected": int(values.sum()), "rate": float(values.mean()), "ci95": list(mean_ci(values, resamples=resamples, seed=seed))}
+def detection_summary(per_case: pd.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
+    """Lesion-wise detection (``metrics.lesion_components``): the share of cases whose lesion is found and of all true
+    lesion components, and the false-positive lesion components per case, each with its bootstrap CI."""
+    base = {"definition": (f"a true lesion component is found when its Dice with the predicted lesion components touching it is at least "
+                           f"{DETECTION_MIN_DICE:g}; a case's lesion is found when one of its components is; a false-positive component "
+                           "touches no true lesion voxel"),
+            "min_dice": DETECTION_MIN_DICE}
+    cases = per_case.dropna(subset=["lesion_detected"])
+    scored = per_case.dropna(subset=["lesion_fp_components"])
+    fp = scored["lesion_fp_components"].to_numpy(dtype=float)
+    out = {**base, "n": len(cases), "detected": int(cases["lesion_detected"].sum()), "rate": None, "ci95": None,
+           "components": int(cases["lesion_components"].sum()), "components_detected": int(cases["lesion_components_detected"].sum()),
+           "component_sensitivity": None, "component_sensitivity_ci95": None,
+           "fp_components_per_case": float(fp.mean()) if len(fp) else None, "fp_components_ci95": list(mean_ci(fp, resamples=resamples, seed=seed)) if len(fp) else None,
+           "fp_components_total": int(fp.sum()), "fp_cases": len(fp)}
+    if len(cases):
+        out["rate"] = float(cases["lesion_detected"].mean())
+        out["ci95"] = list(mean_ci(cases["lesion_detected"].to_numpy(dtype=float), resamples=resamples, seed=seed))
+        out["component_sensitivity"] = out["components_detected"] / out["components"]
+        out["component_sensitivity_ci95"] = list(ratio_ci(cases["lesion_components_detected"], cases["lesion_components"], resamples=resamples, seed=seed))
+    return out
 
 
 def classification_not_assessable(frame: pd.DataFrame, class_names: Sequence[str]) -> str | None:
@@ -145,8 +165,10 @@ def classification_not_assessable(frame: pd.DataFrame, class_names: Sequence[str
     return None
 
 
-def classification_summary(frame: pd.DataFrame, class_names: Sequence[str], resamples: int, seed: int) -> dict[str, Any] | None:
-    """Classification metrics with the macro-F1's bootstrap CI, over the cases with a predicted subtype.
+def classification_summary(frame: pd.DataFrame, class_names: Sequence[str], resamples: int, seed: int, prediction_csv: Path | None = None,
+                           label_file: Path | None = None) -> dict[str, Any] | None:
+    """Classification metrics with bootstrap CIs (macro-F1, balanced accuracy, MCC) over the cases with a predicted
+    subtype, the chance line, the prediction histogram, the collapse warnings and the label check (``chance``).
 
     None when ``classification_not_assessable`` gives a reason.
     """
@@ -154,10 +176,20 @@ def classification_summary(frame: pd.DataFrame, class_names: Sequence[str], resa
         return None
     known = frame.dropna(subset=["subtype_pred"])
     y_true, y_pred = known["subtype_true"].to_numpy(dtype=int), known["subtype_pred"].to_numpy(dtype=int)
-    metrics = classification_metrics(y_true, y_pred, len(class_names))
+    k = len(class_names)
+    metrics = classification_metrics(y_true, y_pred, k)
     for entry in metrics["per_class"]:
         entry["name"] = class_names[entry["label"]]
-    return {"n": len(known), **metrics, "macro_f1_ci95": list(macro_f1_ci(y_true, y_pred, len(class_names), resamples=resamples, seed=seed)), "class_names": list(class_names)}
+    cis = {f"{name}_ci95": list(classification_ci(y_true, y_pred, k, name, resamples=resamples, seed=seed)) for name in ("macro_f1", "balanced_accuracy", "mcc")}
+    scored = metrics["scored_classes"]
+    return {
+        "n": len(known), **metrics, **cis, "class_names": list(class_names),
+        "f1_over": f"over {len(scored)} of {k} classes" + (f" ({', '.join(class_names[c] for c in metrics['classes_absent'])} absent from the truth)" if len(scored) < k else ""),
+        "chance": chance_line(y_true, y_pred, k, cis["macro_f1_ci95"], resamples=resamples, seed=seed),
+        "prediction_histogram": prediction_histogram(y_true, y_pred, k),
+        "collapse_warnings": collapse_warnings(y_true, y_pred, class_names),
+        "label_warning": label_check(label_file, prediction_csv, y_true, y_pred) if prediction_csv is not None else None,
+    }
 
 
 def calibration_summary(ground_truth: Sequence[GroundTruthCase], rows: dict[str, pd.Series], class_names: Sequence[str], resamples: int, seed: int) -> dict[str, Any] | None:
@@ -182,22 +214,34 @@ def calibration_summary(ground_truth: Sequence[GroundTruthCase], rows: dict[str,
     return out if "calibrated" in out else None
 
 
-def target_table(segmentation: dict[str, dict], classification: dict | None, complete: bool = True) -> dict[str, dict[str, Any]]:
-    """Each target's threshold, value (point estimate), CI and pass/fail (None when not available).
+def target_table(segmentation: dict[str, dict], classification: dict | None, missing: int = 0, not_assessable: str | None = None,
+                 chosen_here: bool = False) -> dict[str, dict[str, Any]]:
+    """Each target's label, threshold, value (point estimate), CI, number of cases and three-state verdict (``verdict.judge``).
 
-    With cases missing a mask or a CSV row (``complete`` False) no target passes: the means leave
-    those cases out and would flatter the run.
+    With ``missing`` cases lacking a mask or a CSV row no target is decided: the means leave those cases out
+    and would flatter the run. A macro-F1 over fewer than all of the manifest's classes decides nothing either.
+    ``chosen_here``: the evaluated split chose the checkpoint, postprocessing and temperature; every label says so.
     """
-    values = {
-        "dsc_pancreas": (segmentation["dsc_pancreas"]["mean"], segmentation["dsc_pancreas"]["ci95"]),
-        "dsc_lesion": (segmentation["dsc_lesion"]["mean"], segmentation["dsc_lesion"]["ci95"]),
-        "macro_f1": (classification["macro_f1"], classification["macro_f1_ci95"]) if classification else (None, None),
-    }
-    return {
-        key: {"label": TARGET_LABELS[key], "threshold": threshold, "value": values[key][0], "ci95": values[key][1],
-              "passed": None if values[key][0] is None else bool(complete and values[key][0] >= threshold)}
-        for key, threshold in TARGETS.items()
-    }
+    blockers = [f"{missing} case(s) lack a prediction"] if missing else []
+    values = {key: (segmentation[key]["mean"], segmentation[key]["ci95"], segmentation[key]["n"], blockers) for key in DSC_KEYS}
+    if classification:
+        absent = [f"the F1 is {classification['f1_over']}"] if classification["classes_absent"] else []
+        values["macro_f1"] = (classification["macro_f1"], classification["macro_f1_ci95"], classification["n"], blockers + absent)
+    else:
+        values["macro_f1"] = (None, None, 0, blockers)
+    table = {}
+    for key, threshold in TARGETS.items():
+        value, ci, n, reasons = values[key]
+        label = TARGET_LABELS[key] + (f" ({CHOSEN_HERE})" if chosen_here else "")
+        verdict = judge(value, ci, threshold, n, blockers=reasons, not_assessable=not_assessable or "no case has both a true and a predicted subtype")
+        table[key] = {"label": label, "threshold": threshold, "value": value, "ci95": ci, "n": n, **verdict.to_dict()}
+    return table
+
+
+def same_split(selection_split: str, evaluated_split: str) -> bool:
+    """Whether the evaluated split is (or, for ``train (the held-out cases of fold K ...)``, holds) the split that chose: first words compared."""
+    first = [text.strip().lower().split()[0] if text.strip() else "" for text in (selection_split, evaluated_split)]
+    return bool(first[0]) and first[0] == first[1]
 
 
 def evaluate_folder(
@@ -211,7 +255,9 @@ def evaluate_folder(
     seed: int = 0,
     ground_truth_source: str = "",
     unprocessed_folder: str | os.PathLike[str] | None = None,
-    postprocessing_chosen_on: str = "validation",
+    selection_split: str = "validation",
+    evaluated_split: str = "",
+    label_file: str | os.PathLike[str] | None = None,
 ) -> EvaluationResult:
     """Score predicted masks and subtypes against ``ground_truth``; write ``metrics.json`` and ``per_case.csv`` to ``output_folder``.
 
@@ -219,6 +265,9 @@ def evaluate_folder(
     ``ground_truth_source`` (e.g. the quiz folder or the answer-key CSV) is recorded in the summary.
     ``unprocessed_folder``: the same predictions before nnU-Net's postprocessing (what ``predict_cases``
     writes to ``no_postprocessing/``); their Dice goes beside the postprocessed one (``summary["postprocessing"]``).
+    ``selection_split`` chose the checkpoint, the postprocessing and the temperature; ``evaluated_split`` is scored
+    here (``summary["splits"]``; when they are the same, every target's label says so). ``label_file``: the answer-key
+    CSV the true subtypes come from, if any (checked against the prediction CSV).
     """
     prediction_folder, prediction_csv = Path(prediction_folder), Path(prediction_csv)
     if not ground_truth:
@@ -243,19 +292,23 @@ def evaluate_folder(
     postprocessing = None
     if unprocessed_folder is not None:
         per_case, postprocessing = compare_postprocessing(per_case, ground_truth, Path(unprocessed_folder), resamples, seed)
-        postprocessing["chosen_on"] = postprocessing_chosen_on
-    classification = classification_summary(per_case, names, resamples, seed)
+        postprocessing["chosen_on"] = selection_split
+    classification = classification_summary(per_case, names, resamples, seed, prediction_csv, Path(label_file) if label_file is not None else None)
     if classification is not None:
         classification["calibration"] = calibration_summary(ground_truth, rows, names, resamples, seed)
+    not_assessable = classification_not_assessable(per_case, names)
+    chosen_here = same_split(selection_split, evaluated_split)
     summary = {
         "sources": {"ground_truth": ground_truth_source, "prediction_folder": str(prediction_folder), "prediction_csv": str(prediction_csv)},
         "n_ground_truth_cases": len(ground_truth),
+        "splits": {"selection": selection_split, "evaluated": evaluated_split, "evaluated_is_selection": chosen_here,
+                   "chose": "checkpoint, nnU-Net's postprocessing and the subtype temperature"},
         "segmentation": segmentation,
         "surface": {**surface, "nsd_tolerance_mm": NSD_TOLERANCE_MM, "source": "monai.metrics (compute_surface_dice, compute_hausdorff_distance), voxel spacing in mm"},
-        "lesion_detection": detection_summary(per_case["lesion_detected"], resamples, seed),
+        "lesion_detection": detection_summary(per_case, resamples, seed),
         "classification": classification,
-        "classification_not_assessable": classification_not_assessable(per_case, names),
-        "targets": target_table(segmentation, classification, complete=not missing),
+        "classification_not_assessable": not_assessable,
+        "targets": target_table(segmentation, classification, len({m["case"] for m in missing}), not_assessable, chosen_here),
         "postprocessing": postprocessing,
         "missing_predictions": missing,
         "unexpected_predictions": unexpected,

@@ -94,6 +94,26 @@ def confusion_heatmap(confusion: Sequence[Sequence[int]], class_names: Sequence[
     return fig
 
 
+def prediction_histogram(histogram: Mapping[str, Sequence[int]], class_names: Sequence[str], collapse_share: float) -> Figure:
+    """Cases per subtype in the truth beside how often each subtype was predicted (``metrics.json``'s
+    ``classification.prediction_histogram``), with the count above which the answers count as collapsed."""
+    true, predicted = np.asarray(histogram["true"]), np.asarray(histogram["predicted"])
+    x = np.arange(len(class_names))
+    fig, ax = plt.subplots(figsize=(1.4 * len(class_names) + 2.6, 3.6))
+    ax.bar(x - 0.2, true, width=0.4, color="#9db7d5", label="true subtype")
+    ax.bar(x + 0.2, predicted, width=0.4, color="#1f4e79", label="predicted subtype")
+    for xs, counts in ((x - 0.2, true), (x + 0.2, predicted)):
+        for xi, c in zip(xs, counts):
+            ax.text(xi, c, str(int(c)), ha="center", va="bottom", fontsize=8)
+    ax.axhline(collapse_share * predicted.sum(), color="#c0392b", linestyle="--", linewidth=1, label=f"{collapse_share:.0%} of the answers (collapse)")
+    ax.set_xticks(x, list(class_names))
+    ax.set_ylabel("cases")
+    ax.set_title("how often each subtype is true and predicted")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def dsc_by_subtype(per_case: pd.DataFrame, class_names: Sequence[str]) -> Figure:
     """Box and strip plots of the whole-pancreas and lesion DSC per true subtype, with the target lines."""
     import seaborn as sns

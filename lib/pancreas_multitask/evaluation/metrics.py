@@ -9,8 +9,19 @@ Empty masks, as for the Dice: when neither the ground truth nor the prediction h
 Dice and NSD are 1.0 and HD95 is 0 mm (nothing to find, nothing predicted); when exactly one of them is
 empty, Dice and NSD are 0.0 and HD95 is the image's diagonal in mm (the worst distance possible on that
 grid, so a miss is never left out of a mean). nnU-Net's ``compute_metrics`` returns NaN for the both-empty
-Dice instead; every other Dice is the same. A lesion counts as **detected** when the predicted lesion
-overlaps the ground-truth lesion by at least one voxel (cases without a true lesion have no detection value).
+Dice instead; every other Dice is the same.
+
+**Lesion detection** is lesion-wise, so that over-segmentation cannot game it: each connected component
+(26-connectivity) of the true lesion counts as found when its Dice with the predicted lesion components
+that touch it reaches ``DETECTION_MIN_DICE`` (0.1; a single voxel of overlap is not a hit). A predicted
+lesion component that touches no true lesion voxel is a **false-positive component**. A case's lesion
+counts as detected when at least one of its true components is found (cases without a true lesion have
+no detection value).
+
+**Classification.** Macro-F1, balanced accuracy and MCC are over the manifest's classes that occur in the
+truth (``scored_classes``): a class that is never predicted scores F1 0, a predicted class absent from the
+truth counts as the true class's error. When a manifest class is absent from the truth, the F1 is over
+K of N classes and says so (``classes_absent``).
 """
 
 from __future__ import annotations
@@ -19,7 +30,8 @@ import os
 from typing import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from scipy import ndimage
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, precision_recall_fscore_support
 
 from ..io import load_volume
 
@@ -27,6 +39,7 @@ AFFINE_RTOL, AFFINE_ATOL = 1e-5, 1e-3  # the raw-data scan's tolerance for "same
 LESION = 2
 NSD_TOLERANCE_MM = 2.0
 HD_PERCENTILE = 95
+DETECTION_MIN_DICE = 0.1  # lesion-wise detection: a true lesion component counts as found at this Dice or more
 
 
 def dice(pred_mask: np.ndarray, gt_mask: np.ndarray) -> float:
@@ -69,12 +82,26 @@ def surface_metrics(pred_mask: np.ndarray, gt_mask: np.ndarray, spacing: Sequenc
     return {"nsd": float(nsd.flatten()[0]), "hd95": float(hd95.flatten()[0])}
 
 
-def lesion_detected(pred: np.ndarray, gt: np.ndarray) -> float:
-    """1.0 when the predicted lesion overlaps the true one, 0.0 when not, NaN when the case has no true lesion."""
-    truth = gt == LESION
-    if not truth.any():
-        return float("nan")
-    return float(np.logical_and(pred == LESION, truth).any())
+def lesion_components(pred: np.ndarray, gt: np.ndarray, min_dice: float = DETECTION_MIN_DICE) -> dict[str, float]:
+    """Lesion-wise detection of one case (module doc): ``lesion_components`` (true components),
+    ``lesion_components_detected``, ``lesion_fp_components`` (predicted components touching no true lesion) and
+    ``lesion_detected`` (1.0 when a true component is found, 0.0 when none is, NaN without a true lesion)."""
+    structure = ndimage.generate_binary_structure(3, 3)
+    truth, predicted = gt == LESION, pred == LESION
+    true_labels, n_true = ndimage.label(truth, structure)
+    pred_labels, n_pred = ndimage.label(predicted, structure)
+    detected = 0
+    for k in range(1, n_true + 1):
+        component = true_labels == k
+        touching = np.unique(pred_labels[component & predicted])
+        detected += int(dice(np.isin(pred_labels, touching[touching > 0]), component) >= min_dice) if touching.size else 0
+    touching_truth = set(np.unique(pred_labels[truth]).tolist()) - {0}
+    return {
+        "lesion_components": float(n_true),
+        "lesion_components_detected": float(detected),
+        "lesion_fp_components": float(n_pred - len(touching_truth)),
+        "lesion_detected": float(detected > 0) if n_true else float("nan"),
+    }
 
 
 def read_label_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +125,7 @@ def check_same_grid(gt_file: str | os.PathLike[str], pred_file: str | os.PathLik
 
 def evaluate_case(gt_file: str | os.PathLike[str], pred_file: str | os.PathLike[str], surface: bool = True) -> dict[str, float]:
     """Whole-pancreas and lesion Dice of one predicted mask against its ground truth; with ``surface`` also their
-    NSD and HD95 (``nsd_*``, ``hd95_*``) and whether the lesion was detected (``lesion_detected``)."""
+    NSD and HD95 (``nsd_*``, ``hd95_*``) and the lesion-wise detection (``lesion_components``)."""
     gt, gt_affine = read_label_map(gt_file)
     pred, pred_affine = read_label_map(pred_file)
     check_same_grid(gt_file, pred_file, gt.shape, pred.shape, gt_affine, pred_affine)
@@ -108,27 +135,45 @@ def evaluate_case(gt_file: str | os.PathLike[str], pred_file: str | os.PathLike[
         for name, (p, g) in (("pancreas", (pred > 0, gt > 0)), ("lesion", (pred == LESION, gt == LESION))):
             metrics = surface_metrics(p, g, spacing)
             values[f"nsd_{name}"], values[f"hd95_{name}"] = metrics["nsd"], metrics["hd95"]
-        values["lesion_detected"] = lesion_detected(pred, gt)
+        values.update(lesion_components(pred, gt))
     return values
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict:
-    """Macro-F1, accuracy, per-class precision/recall/F1/support and the confusion matrix (scikit-learn).
+def scored_classes(y_true: Sequence[int], num_classes: int) -> list[int]:
+    """The manifest's classes (``0 .. num_classes-1``) that occur in the truth: what macro-F1, balanced accuracy and MCC average over."""
+    present = set(np.asarray(y_true, dtype=int).tolist())
+    return [k for k in range(num_classes) if k in present]
 
-    Per-class values and the confusion matrix use the fixed label order ``0 .. num_classes-1``
-    (rows: true class, columns: predicted class). Macro-F1 is scikit-learn's default: the mean F1
-    over the classes that occur in the ground truth or the predictions (a class absent from both is
-    left out, not scored 0 or 1).
+
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> float:
+    """Macro-F1 over the manifest's classes present in the truth (module doc); the one definition that evaluation and training share."""
+    labels = scored_classes(y_true, num_classes)
+    if not labels:
+        raise ValueError("macro-F1 needs at least one case with a true subtype")
+    return float(f1_score(np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int), labels=labels, average="macro", zero_division=0))
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict:
+    """Macro-F1, accuracy, balanced accuracy, MCC, per-class precision/recall/F1/support and the confusion matrix (scikit-learn).
+
+    Per-class values and the confusion matrix use the fixed label order ``0 .. num_classes-1`` (rows: true
+    class, columns: predicted class). Macro-F1 and balanced accuracy average over ``scored_classes``; the
+    classes of the manifest absent from the truth are listed in ``classes_absent``.
     """
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     if len(y_true) == 0:
         raise ValueError("classification metrics need at least one case with a true and a predicted subtype")
     labels = list(range(num_classes))
+    scored = scored_classes(y_true, num_classes)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     return {
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(y_true, y_pred, num_classes),
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": _quiet(balanced_accuracy_score, y_true, y_pred),
+        "mcc": _quiet(matthews_corrcoef, y_true, y_pred),
         "labels": labels,
+        "scored_classes": scored,
+        "classes_absent": [k for k in labels if k not in scored],
         "per_class": [
             {"label": k, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for k, p, r, f, s in zip(labels, precision, recall, f1, support)
@@ -137,17 +182,50 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_cla
     }
 
 
-def macro_f1_batch(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Macro-F1 of each row of (resamples, cases) label arrays, as ``classification_metrics`` defines it."""
+def _quiet(metric: Callable[[np.ndarray, np.ndarray], float], y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """A scikit-learn metric without its warnings about a predicted class absent from the truth or a single label
+    (balanced accuracy then averages the truth's classes, MCC is 0 without variation, as they should)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(metric(y_true, y_pred))
+
+
+def confusion_batch(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(rows, K, K) confusion matrices of each row of (rows, cases) label arrays (rows: true class)."""
     y_true, y_pred = np.atleast_2d(y_true), np.atleast_2d(y_pred)
     rows = np.arange(y_true.shape[0])[:, None]
     cells = (rows * num_classes + y_true) * num_classes + y_pred
-    confusion = np.bincount(cells.ravel(), minlength=y_true.shape[0] * num_classes**2).reshape(-1, num_classes, num_classes)
+    return np.bincount(cells.ravel(), minlength=y_true.shape[0] * num_classes**2).reshape(-1, num_classes, num_classes)
+
+
+def _batch_statistics(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Macro-F1, balanced accuracy and MCC of each confusion matrix, as ``classification_metrics`` defines them."""
+    confusion = confusion.astype(np.float64)
     tp = np.diagonal(confusion, axis1=1, axis2=2)
-    denominator = confusion.sum(axis=2) + confusion.sum(axis=1)  # 2tp + fn + fp
-    present = denominator > 0
-    f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=present)
-    return f1.sum(axis=1) / present.sum(axis=1)
+    true_counts, pred_counts = confusion.sum(axis=2), confusion.sum(axis=1)
+    scored = true_counts > 0
+    f1 = np.divide(2 * tp, true_counts + pred_counts, out=np.zeros(tp.shape), where=scored)
+    recall = np.divide(tp, true_counts, out=np.zeros(tp.shape), where=scored)
+    n = confusion.sum(axis=(1, 2))
+    covariance = tp.sum(axis=1) * n - (true_counts * pred_counts).sum(axis=1)
+    denominator = np.sqrt((n**2 - (pred_counts**2).sum(axis=1)) * (n**2 - (true_counts**2).sum(axis=1)))
+    return {
+        "macro_f1": f1.sum(axis=1) / scored.sum(axis=1),
+        "balanced_accuracy": recall.sum(axis=1) / scored.sum(axis=1),
+        "mcc": np.divide(covariance, denominator, out=np.zeros(n.shape), where=denominator > 0),
+    }
+
+
+def classification_batch(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, statistic: str = "macro_f1") -> np.ndarray:
+    """``statistic`` (macro_f1, balanced_accuracy or mcc) of each row of (rows, cases) label arrays, vectorised."""
+    return _batch_statistics(confusion_batch(y_true, y_pred, num_classes))[statistic]
+
+
+def macro_f1_batch(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Macro-F1 of each row of (rows, cases) label arrays, as ``macro_f1`` defines it."""
+    return classification_batch(y_true, y_pred, num_classes, "macro_f1")
 
 
 def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n_cases: int, *, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -160,7 +238,9 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n_cases: int, *,
     indices = np.random.default_rng(seed).integers(0, n_cases, size=(resamples, n_cases))
     values = np.asarray(statistic(indices), dtype=float)
     tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
+    if np.isnan(values).all():
+        return (float("nan"), float("nan"))
+    low, high = np.nanpercentile(values, [tail, 100 - tail])  # NaN: a resample where the statistic is undefined (e.g. no true lesion)
     return (float(low), float(high))
 
 
@@ -170,7 +250,18 @@ def mean_ci(values: Sequence[float], **kwargs) -> tuple[float, float]:
     return bootstrap_ci(lambda idx: values[idx].mean(axis=1), len(values), **kwargs)
 
 
-def macro_f1_ci(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int, **kwargs) -> tuple[float, float]:
-    """Bootstrap interval of the macro-F1, resampling cases (true and predicted label together)."""
+def classification_ci(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int, statistic: str = "macro_f1", **kwargs) -> tuple[float, float]:
+    """Bootstrap interval of ``statistic`` (macro_f1, balanced_accuracy or mcc; ``classification_batch``), resampling cases (true and predicted label together)."""
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    return bootstrap_ci(lambda idx: macro_f1_batch(y_true[idx], y_pred[idx], num_classes), len(y_true), **kwargs)
+    return bootstrap_ci(lambda idx: classification_batch(y_true[idx], y_pred[idx], num_classes, statistic), len(y_true), **kwargs)
+
+
+def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], **kwargs) -> tuple[float, float]:
+    """Bootstrap interval of ``sum(numerator) / sum(denominator)`` over resampled cases (e.g. lesion-wise sensitivity)."""
+    numerator, denominator = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        total = denominator[idx].sum(axis=1)
+        return np.divide(numerator[idx].sum(axis=1), total, out=np.full(total.shape, np.nan), where=total > 0)
+
+    return bootstrap_ci(lambda idx: statistic(idx), len(numerator), **kwargs)

@@ -26,8 +26,11 @@ from ..io import write_text
 from ..model.calibration import temperature_warning
 from ..runtime import git_revision, library_versions
 from ..visualization import training_curves
+from .chance import COLLAPSE_SHARE
+from .chance import describe as describe_chance
 from .evaluate import TARGET_LABELS, EvaluationResult, worst_first
-from .figures import confusion_heatmap, dsc_by_subtype, reliability_diagram, worst_case_montage
+from .verdict import MIN_CASES_FOR_VERDICT
+from .figures import confusion_heatmap, dsc_by_subtype, prediction_histogram, reliability_diagram, worst_case_montage
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
@@ -137,8 +140,8 @@ def benchmark_tables(benchmark: Mapping[str, Any]) -> list[dict[str, Any]] | Non
 
 
 def markdown_blocks(text: str) -> list[dict[str, Any]]:
-    """A benchmark's Markdown (what the README shows): pipe tables as tables, other lines as paragraphs (``**x**`` and
-    backticks dropped); the report shows the same table as the README instead of the JSON's every field."""
+    """A benchmark's Markdown (what docs/benchmarks.md shows): pipe tables as tables, other lines as paragraphs (``**x**`` and
+    backticks dropped); the report shows the same table as the docs instead of the JSON's every field."""
     blocks: list[dict[str, Any]] = []
     rows: list[list[str]] = []
     clean = lambda cell: cell.strip().replace("**", "").replace("`", "")  # noqa: E731
@@ -195,20 +198,24 @@ def collect_provenance(repo_root: str | os.PathLike[str], manifest_path: str | o
     }
 
 
-def _splits_line(checkpoint_split: str, evaluated_split: str) -> tuple[str, bool]:
-    """The line naming both splits, and whether they are the same split (first word compared)."""
-    first = [text.strip().lower().split()[0] if text.strip() else "" for text in (checkpoint_split, evaluated_split)]
-    return (f"Checkpoint, postprocessing and subtype temperature chosen on: {checkpoint_split}. Evaluated split: {evaluated_split}.",
-            bool(first[0]) and first[0] == first[1])
+def _splits_line(splits: Mapping[str, Any]) -> str:
+    """The line naming the split that chose and the one evaluated (``metrics.json``'s ``splits``)."""
+    return f"Checkpoint, postprocessing and subtype temperature chosen on: {splits['selection']}. Evaluated split: {splits['evaluated'] or 'not named'}."
+
+
+def chance_text(classification: Mapping[str, Any]) -> str:
+    """The chance line of a macro-F1 (``metrics.json``'s ``classification``), in words."""
+    return describe_chance(classification["chance"], classification["class_names"])
 
 
 def _summary_rows(result: EvaluationResult) -> list[dict[str, str]]:
+    classification = result.summary["classification"]
     rows = []
     for key, target in result.summary["targets"].items():
-        status = "not available" if target["passed"] is None else ("pass" if target["passed"] else "fail")
-        if key == "macro_f1" and result.summary.get("classification_not_assessable"):
-            status = "n/a: not assessable on this split"
-        rows.append({"label": target["label"], "value": fmt(target["value"]), "ci": fmt_ci(target["ci95"]), "target": f"≥ {target['threshold']:.2f}", "status": status})
+        chance = chance_text(classification) if key == "macro_f1" and classification else "—"
+        value = fmt(target["value"]) + (f" ({classification['f1_over']})" if key == "macro_f1" and classification else "")
+        rows.append({"label": target["label"], "value": value, "ci": fmt_ci(target["ci95"]), "n": target["n"], "target": f"≥ {target['threshold']:.2f}",
+                     "verdict": target["verdict"], "reason": target["reason"], "chance": chance})
     return rows
 
 
@@ -231,8 +238,14 @@ def _classification(result: EvaluationResult) -> dict[str, Any] | None:
     if summary is None:
         return None
     per_class = [{"name": c["name"], "precision": fmt(c["precision"]), "recall": fmt(c["recall"]), "f1": fmt(c["f1"]), "support": c["support"]} for c in summary["per_class"]]
-    return {"n": summary["n"], "macro_f1": fmt(summary["macro_f1"]), "macro_f1_ci": fmt_ci(summary["macro_f1_ci95"]), "accuracy": fmt(summary["accuracy"]),
+    null = summary["chance"]["permutation_null"]
+    return {"n": summary["n"], "macro_f1": fmt(summary["macro_f1"]), "macro_f1_ci": fmt_ci(summary["macro_f1_ci95"]), "f1_over": summary["f1_over"],
+            "accuracy": fmt(summary["accuracy"]), "balanced_accuracy": f"{fmt(summary['balanced_accuracy'])} {fmt_ci(summary['balanced_accuracy_ci95'])}",
+            "mcc": f"{fmt(summary['mcc'])} {fmt_ci(summary['mcc_ci95'])}", "chance": chance_text(summary), "p_value": fmt(null["p_value"], 4),
+            "permutations": null["permutations"], "indistinguishable": summary["chance"]["indistinguishable_from_chance"],
+            "collapse": summary["collapse_warnings"], "label_warning": summary["label_warning"],
             "per_class": per_class, "heatmap": figure_data_uri(confusion_heatmap(summary["confusion_matrix"], result.class_names)),
+            "histogram": figure_data_uri(prediction_histogram(summary["prediction_histogram"], result.class_names, COLLAPSE_SHARE)), "collapse_share": f"{COLLAPSE_SHARE:.0%}",
             "calibration": _calibration(summary.get("calibration"))}
 
 
@@ -258,8 +271,20 @@ def _surface(result: EvaluationResult) -> dict[str, Any] | None:
         rows.append({"label": label, "dsc": f"{fmt(dsc['mean'])} {fmt_ci(dsc['ci95'])}", "nsd": f"{fmt(nsd['mean'])} {fmt_ci(nsd['ci95'])}",
                      "hd95": f"{fmt(hd['mean'], 1)} [{fmt(hd['ci95'][0], 1)}, {fmt(hd['ci95'][1], 1)}]" if hd["ci95"] else "n/a", "n": dsc["n"]})
     detection = summary["lesion_detection"]
-    return {"rows": rows, "tolerance": f"{surface['nsd_tolerance_mm']:g}", "detection": detection,
-            "detection_text": "n/a" if detection["rate"] is None else f"{fmt(detection['rate'])} {fmt_ci(detection['ci95'])} ({detection['detected']} of {detection['n']} cases)"}
+    return {"rows": rows, "tolerance": f"{surface['nsd_tolerance_mm']:g}", "detection": detection, **detection_texts(detection)}
+
+
+def detection_texts(detection: Mapping[str, Any]) -> dict[str, str]:
+    """The lesion-wise detection in words: cases found, components found, false-positive components per case."""
+    if detection["rate"] is None:
+        return {"detection_text": "n/a (no case with a true lesion)", "components_text": "n/a", "fp_text": "n/a" if detection["fp_components_per_case"] is None else
+                f"{fmt(detection['fp_components_per_case'], 2)} [{fmt(detection['fp_components_ci95'][0], 2)}, {fmt(detection['fp_components_ci95'][1], 2)}]"}
+    return {
+        "detection_text": f"{fmt(detection['rate'])} {fmt_ci(detection['ci95'])} ({detection['detected']} of {detection['n']} cases)",
+        "components_text": f"{fmt(detection['component_sensitivity'])} {fmt_ci(detection['component_sensitivity_ci95'])} ({detection['components_detected']} of {detection['components']} components)",
+        "fp_text": (f"{fmt(detection['fp_components_per_case'], 2)} [{fmt(detection['fp_components_ci95'][0], 2)}, {fmt(detection['fp_components_ci95'][1], 2)}] "
+                    f"per case ({detection['fp_components_total']} in {detection['fp_cases']} cases)"),
+    }
 
 
 def _temperatures(inference: Mapping[str, Any] | None) -> list[dict[str, str | None]]:
@@ -303,8 +328,6 @@ def write_report(
     result: EvaluationResult,
     output_html: str | os.PathLike[str],
     *,
-    checkpoint_split: str,
-    evaluated_split: str,
     training_metrics: pd.DataFrame | str | os.PathLike[str] | None = None,
     inference: Mapping[str, Any] | str | os.PathLike[str] | None = None,
     benchmark: Mapping[str, Any] | str | os.PathLike[str] | None = None,
@@ -317,21 +340,21 @@ def write_report(
 
     ``training_metrics``: the trainer's per-epoch CSV (path or frame); ``inference``: ``inference.json``
     (path or dict); ``benchmark``: a JSON whose ``rows`` list becomes a table; ``provenance``: see
-    ``collect_provenance``. The worst cases are ordered by the lower of their two DSCs. Absolute paths under
+    ``collect_provenance``. Which split chose and which is evaluated come from the result (``summary["splits"]``).
+    The worst cases are ordered by the lower of their two DSCs. Absolute paths under
     ``display_roots`` (the repository) are shown relative to them. ``data_note``: a warning on the first screen
     (the synthetic phantom's numbers are not results on CT).
     """
     token = DISPLAY_ROOTS.set(tuple(Path(r).resolve() for r in display_roots))
     try:
-        return _write_report(result, Path(output_html), checkpoint_split, evaluated_split, training_metrics, inference, benchmark, provenance, worst_n, data_note)
+        return _write_report(result, Path(output_html), training_metrics, inference, benchmark, provenance, worst_n, data_note)
     finally:
         DISPLAY_ROOTS.reset(token)
 
 
-def _write_report(result: EvaluationResult, output_html: Path, checkpoint_split: str, evaluated_split: str, training_metrics, inference, benchmark,
+def _write_report(result: EvaluationResult, output_html: Path, training_metrics, inference, benchmark,
                   provenance: Mapping[str, Any] | None, worst_n: int, data_note: str) -> Path:
     summary = result.summary
-    splits, same_split = _splits_line(checkpoint_split, evaluated_split)
     inference_data, inference_missing = _load_json(inference)
     benchmark_data, benchmark_missing = _load_json(benchmark)
     benchmark_content = benchmark_tables(benchmark_data) if benchmark_data is not None else None
@@ -343,13 +366,14 @@ def _write_report(result: EvaluationResult, output_html: Path, checkpoint_split:
     worst = worst[worst["pred_file"].astype(bool)].head(worst_n)
     segmentation = summary["segmentation"]
     context = {
-        "title": f"Evaluation: {evaluated_split}",
-        "splits": splits,
-        "optimistic": same_split,
+        "title": f"Evaluation: {summary['splits']['evaluated'] or 'predictions'}",
+        "splits": _splits_line(summary["splits"]),
+        "optimistic": summary["splits"]["evaluated_is_selection"],
         "data_note": data_note,
         "n_ground_truth": summary["n_ground_truth_cases"],
         "n_segmentation": segmentation["dsc_pancreas"]["n"],
         "summary_rows": _summary_rows(result),
+        "min_cases": MIN_CASES_FOR_VERDICT,
         "medians": {"pancreas": fmt(segmentation["dsc_pancreas"]["median"]), "lesion": fmt(segmentation["dsc_lesion"]["median"])},
         "bootstrap": summary["bootstrap"],
         "missing": summary["missing_predictions"],

@@ -24,11 +24,12 @@ from .report import write_report
 
 @dataclass
 class Job:
-    """One split to score: its ground truth, where it comes from, and the predictions."""
+    """One split to score: its ground truth, where it comes from, the predictions, and the answer-key CSV its subtypes come from (if any)."""
 
     cases: list[GroundTruthCase]
     source: str
     predictions: Path
+    label_file: Path | None = None
 
 
 @dataclass
@@ -50,7 +51,7 @@ def evaluation_jobs(workspace: Workspace, params: Mapping[str, Any]) -> tuple[di
             cases, split = read_answer_key(source, source.parent / ANSWER_KEY_MASKS, workspace.paths.raw / test_split), test_split
         else:
             cases, split = read_quiz_layout(source, workspace.manifest), source.name
-        return {split: Job(cases, str(source), prediction_root if params.get("predictions") else prediction_root / split)}, []
+        return {split: Job(cases, str(source), prediction_root if params.get("predictions") else prediction_root / split, source if source.suffix == ".csv" else None)}, []
     jobs, skipped = {}, []
     for split in params.get("input_splits") or ():
         truth = workspace.ground_truth(split)
@@ -59,7 +60,7 @@ def evaluation_jobs(workspace: Workspace, params: Mapping[str, Any]) -> tuple[di
         elif not (prediction_root / split).is_dir():
             skipped.append(f"{split}: no predictions in {prediction_root / split} (run 03_inference), skipped")
         else:
-            jobs[split] = Job(truth[0], truth[1], prediction_root / split)
+            jobs[split] = Job(truth[0], truth[1], prediction_root / split, Path(truth[1]) if split == test_split else None)
     if not jobs:
         raise RuntimeError(f"nothing to evaluate: no split of {list(params.get('input_splits') or ())} has both ground truth and predictions in {prediction_root}")
     return jobs, skipped
@@ -73,7 +74,7 @@ def data_note(folder: Path) -> str:
     if not any((f / STAMP).is_file() for f in (folder, folder.parent)):
         return ""
     return ("Synthetic phantom data (the demo): these numbers show that the pipeline works end to end, "
-            "not how well it segments or classifies real CT. Real-CT numbers: the realct profile and the README.")
+            "not how well it segments or classifies real CT. Real-CT numbers: the realct profile (docs/real_data.md).")
 
 
 def evaluate(workspace: Workspace, params: Mapping[str, Any], report_dir: Path, provenance: Mapping[str, Any] | None = None, benchmark: Path | None = None) -> EvaluationRecord:
@@ -89,7 +90,7 @@ def evaluate(workspace: Workspace, params: Mapping[str, Any], report_dir: Path, 
         unprocessed = job.predictions / UNPROCESSED
         results[split] = evaluate_folder(
             job.cases, job.predictions, csv, report_dir / "evaluation" / split, ground_truth_source=job.source,
-            unprocessed_folder=unprocessed if unprocessed.is_dir() else None, postprocessing_chosen_on=checkpoint_split,
+            unprocessed_folder=unprocessed if unprocessed.is_dir() else None, selection_split=checkpoint_split, evaluated_split=split, label_file=job.label_file,
         )
     test_split = workspace.manifest.layout.test_split
     main_split = test_split if test_split in results else next(iter(results))
@@ -97,7 +98,6 @@ def evaluate(workspace: Workspace, params: Mapping[str, Any], report_dir: Path, 
     reports = {
         split: write_report(
             result, report_dir / ("evaluation.html" if split == main_split else f"evaluation_{split}.html"),
-            checkpoint_split=checkpoint_split, evaluated_split=split,
             training_metrics=training_metrics if training_metrics.is_file() else None,
             inference=workspace.record("inference"), benchmark=benchmark if benchmark is not None and benchmark.is_file() else None,
             provenance=provenance, worst_n=int(params.get("worst_n", 3)), display_roots=(workspace.manifest.path.parent,), data_note=data_note(workspace.paths.raw),

@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-m", "--model", required=True, help="trained model folder, or a zip from nnUNetv2_export_model_to_zip / export_model")
     parser.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to ensemble (default 0)")
     parser.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth")
-    parser.add_argument("--mode", default="fast", choices=MODE_NAMES, help="fast (default) and accurate keep nnU-Net's step and TTA; fastest does not (README)")
+    parser.add_argument("--mode", default="fast", choices=MODE_NAMES, help="fast (default) and accurate keep nnU-Net's step and TTA; fastest does not (docs/inference.md)")
     parser.add_argument("-device", "--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--num_parts", type=int, default=1, help="split the cases between this many processes")
     parser.add_argument("--part_id", type=int, default=0, help="which part this process predicts (0-based)")

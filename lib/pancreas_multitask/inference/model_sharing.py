@@ -6,7 +6,7 @@ checkpoint, ``debug.json``, ``progress.png`` and ``validation/summary.json``: th
 nnU-Net's ``export_pretrained_model``, written here from the model folder itself (nnU-Net's exporter
 finds the folder through ``nnUNet_results`` only). The project adds per fold ``multitask_settings.json``
 (the head), ``subtype_calibration.json`` (the subtype temperature), ``training_metrics.csv``, ``training_done.json`` (the training summary) and nnU-Net's
-``postprocessing.pkl``/``.json`` (determined on the validation split). nnU-Net's
+``postprocessing.pkl``/``.json`` (determined on the selection split; its cases in ``postprocessing_cases.json``). nnU-Net's
 ``nnUNetv2_install_pretrained_model_from_zip`` installs it unchanged.
 """
 
@@ -22,7 +22,7 @@ from typing import Sequence
 from ..io import atomic_path, file_lock, write_json
 from ..model.calibration import CALIBRATION_FILE
 
-PROJECT_FILES = ("multitask_settings.json", CALIBRATION_FILE, "training_metrics.csv", "training_done.json", "postprocessing.pkl", "postprocessing.json")
+PROJECT_FILES = ("multitask_settings.json", CALIBRATION_FILE, "training_metrics.csv", "training_done.json", "postprocessing.pkl", "postprocessing.json", "postprocessing_cases.json")
 INSTALLED_STAMP = ".installed_from.json"
 
 

@@ -11,6 +11,7 @@ METRICS_FILE = "training_metrics.csv"  # written by the trainer every epoch
 DONE_FILE = "training_done.json"  # written when a fold finished: settings, inputs, stop reason
 SELECTED_CHECKPOINT = "checkpoint_best.pth"  # selected on the validation split; what inference uses
 AGREEMENT_FILE = "estimator_agreement.json"  # the training pass vs the deployed mode on the validation cases
+CASE_VALIDATION_FILE = "case_validation.json"  # the subtype the training pass gave each validation case, per epoch it ran
 SUBTYPE_CSV = "subtype_results.csv"  # per prediction folder: Names, Subtype, prob_* (the quiz's format), uncalibrated_prob_*
 PROB_PREFIX = "prob_"  # the CSV's calibrated probability columns
 UNCALIBRATED_PREFIX = "uncalibrated_prob_"  # the same before temperature scaling

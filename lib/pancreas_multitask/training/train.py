@@ -22,9 +22,9 @@ import torch
 
 from ..io import write_json
 from ..model.calibration import Calibration
-from ..model.folders import AGREEMENT_FILE, CONFIGURATION, DONE_FILE, METRICS_FILE, SELECTED_CHECKPOINT, TRAINER_NAME
+from ..model.folders import AGREEMENT_FILE, CASE_VALIDATION_FILE, CONFIGURATION, DONE_FILE, METRICS_FILE, SELECTED_CHECKPOINT, TRAINER_NAME
 from ..model.settings import MultitaskSettings
-from ..postprocessing import PP_JSON, PP_PICKLE
+from ..postprocessing import PP_CASES, PP_JSON, PP_PICKLE
 from ..runtime import add_trainer_folder, available_cores
 from ..workspace import Workspace
 
@@ -112,16 +112,16 @@ def train(
         previous = json.loads(done.read_text())
         if {k: previous.get(k) for k in record} == record:
             print(f"already trained with these settings and data ({output}); force=True retrains", flush=True)
-            pp = ensure_postprocessing(output, gt_folder) if final_validation else None
+            pp = ensure_postprocessing(workspace, gt_folder) if final_validation else None
             return _recorded(workspace, settings, TrainingResult(output, output / METRICS_FILE, previous["stop_reason"], output / SELECTED_CHECKPOINT, summary if final_validation else None, pp))
     done.unlink(missing_ok=True)  # from here on the fold is not finished
-    for stale in (PP_PICKLE, PP_JSON):  # an older model's postprocessing must not outlive it
+    for stale in (PP_PICKLE, PP_JSON, PP_CASES):  # an older model's postprocessing must not outlive it
         (output / stale).unlink(missing_ok=True)
 
     seed_everything(settings.seed)
     if num_gpus > 1:
         stop_reason = train_ddp(workspace, settings, num_gpus, resume)
-        pp = ensure_postprocessing(output, gt_folder) if summary.is_file() else None  # nnU-Net's launcher validates at the end
+        pp = ensure_postprocessing(workspace, gt_folder) if summary.is_file() else None  # nnU-Net's launcher validates at the end
         write_json(done, {**record, "stop_reason": stop_reason})
         return _recorded(workspace, settings, TrainingResult(output, output / METRICS_FILE, stop_reason, output / SELECTED_CHECKPOINT, summary if summary.is_file() else None, pp))
     trainer = build_trainer(workspace.preprocessed, plans_name, fold, device, continue_training=resume)
@@ -134,7 +134,7 @@ def train(
     pp = None
     if final_validation:
         trainer.perform_actual_validation(save_probabilities=False)
-        pp = ensure_postprocessing(output, gt_folder, force=True)
+        pp = ensure_postprocessing(workspace, gt_folder, force=True)
     stop_reason = trainer.stop_reason or f"reached the maximum of {trainer.num_epochs} epochs"
     write_json(done, {**record, "stop_reason": stop_reason})
     return _recorded(workspace, settings, TrainingResult(output, output / METRICS_FILE, stop_reason, output / SELECTED_CHECKPOINT, summary if final_validation else None, pp))
@@ -163,12 +163,37 @@ def selection_summary(workspace: Workspace, result: TrainingResult) -> dict[str,
         "criterion": round(float(row["val_criterion"]), 4),
         "case-level macro-F1 (val)": round(float(row["val_macro_f1"]), 4),
         "case-level accuracy (val)": round(float(row["val_accuracy"]), 4),
+        **case_level_chance(result.output_folder, best, list(workspace.manifest.subtypes)),
         **{f"pseudo-Dice {name} (val patches)": round(float(row[f"pseudo_dice_{name}"]), 4) for name in pseudo},
         **{f"full-volume Dice {name} (val, nnU-Net)": round(dice, 4) for name, dice in full_volume.items()},
         "postprocessing (nnU-Net, chosen on the selection split)": describe(load_postprocessing(result.output_folder / PP_PICKLE)) if result.postprocessing else "not determined",
         "subtype temperature (fitted on the selection split)": _temperature(result.output_folder),
         "training pass vs deployed estimator (same subtype, val)": f"{agreement['same_subtype']}/{agreement['cases']} ({agreement['deployed_estimator'].split(':')[0]})" if agreement else "not checked",
         "stopped because": result.stop_reason,
+    }
+
+
+def case_level_chance(fold_folder: Path, epoch: int, class_names: list[str]) -> dict[str, str]:
+    """Beside the selected epoch's case-level macro-F1: its CI, the chance line on the same cases and the subtype answers
+    (``case_validation.json``); empty when that epoch's answers were not recorded (one subtype: no F1 at all)."""
+    from ..evaluation.chance import chance_line, collapse_warnings, describe, prediction_histogram
+    from ..evaluation.metrics import macro_f1, classification_ci
+
+    path = fold_folder / CASE_VALIDATION_FILE
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    answers = record.get("epochs", {}).get(str(epoch))
+    if not answers:
+        return {}
+    keys = sorted(answers)
+    truth, predicted = [record["truth"][k] for k in keys], [answers[k] for k in keys]
+    k = len(class_names)
+    ci = classification_ci(truth, predicted, k)
+    histogram = prediction_histogram(truth, predicted, k)
+    warnings = collapse_warnings(truth, predicted, class_names)
+    return {
+        "case-level macro-F1 (val) with its 95 % CI": f"{macro_f1(truth, predicted, k):.3f} [{ci[0]:.3f}, {ci[1]:.3f}], {len(keys)} cases",
+        "chance line (the same cases)": describe(chance_line(truth, predicted, k, ci), class_names),
+        "subtype answers (val): true / predicted per subtype": f"{histogram['true']} / {histogram['predicted']}" + (f"; collapsed: {'; '.join(warnings)}" if warnings else ""),
     }
 
 
@@ -190,13 +215,16 @@ def _recorded(workspace: Workspace, settings: MultitaskSettings, result: Trainin
     return result
 
 
-def ensure_postprocessing(fold_folder: Path, gt_folder: Path, force: bool = False) -> Path:
-    """nnU-Net's postprocessing for this fold, determined on its full-volume validation unless already there."""
-    from ..postprocessing import describe, determine_for_fold, load_postprocessing
+def ensure_postprocessing(workspace: Workspace, gt_folder: Path, force: bool = False) -> Path:
+    """nnU-Net's postprocessing for the workspace's fold, determined on the full-volume validation of exactly the selection
+    split's cases (``Workspace.selection_cases``), unless it is already there for those cases."""
+    from ..postprocessing import describe, determine_for_fold, determined_on, load_postprocessing
 
-    if force or not (fold_folder / PP_PICKLE).is_file():
-        determine_for_fold(fold_folder, gt_folder, available_cores())
-        print(f"postprocessing (determined on the validation split): {describe(load_postprocessing(fold_folder / PP_PICKLE))}", flush=True)
+    fold_folder, cases = workspace.fold_folder, workspace.selection_cases()
+    if force or not (fold_folder / PP_PICKLE).is_file() or determined_on(fold_folder) != cases:
+        determine_for_fold(fold_folder, gt_folder, cases, available_cores(), chosen_on=workspace.selection_split())
+        print(f"postprocessing (determined on the {len(cases)} cases of the selection split, {workspace.selection_split()}): "
+              f"{describe(load_postprocessing(fold_folder / PP_PICKLE))}", flush=True)
     return fold_folder / PP_JSON
 
 

@@ -9,7 +9,9 @@ Two ways to start it:
 What it changes in nnU-Net's recipe (every number is a setting, see ``MultitaskSettings``):
 total loss = w_seg * nnU-Net's Dice+CE/BCE loss (deep supervision unchanged) + w_cls * class-weighted
 cross-entropy on the subtype; AdamW with polynomial decay; case-level macro-F1 on the validation
-cases; checkpoint_best and early stopping on w * EMA pseudo-Dice + (1 - w) * macro-F1. At the end, with the
+cases every ``case_val_every`` epochs and at the last; checkpoint_best and early stopping on w * EMA pseudo-Dice +
+(1 - w) * macro-F1, defined only at the epochs whose case-level pass ran on those weights (no F1 is carried
+forward, so a checkpoint is never chosen on an F1 that other weights earned). At the end, with the
 selected weights restored: the deployed inference mode classifies every validation case, a temperature is
 fitted to those probabilities (``subtype_calibration.json``) and compared with the training pass
 (``estimator_agreement.json``). Neither runs under DDP (the other ranks would wait at nnU-Net's barrier);
@@ -18,6 +20,7 @@ such a model ships uncalibrated (temperature 1), and says so.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from time import time
@@ -28,14 +31,15 @@ import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score
 from torch import autocast, nn
 
+from pancreas_multitask.evaluation.metrics import macro_f1
 from pancreas_multitask.experiment_planning.subtype_table import SUBTYPE_TABLE, read_subtype_table
 from pancreas_multitask.inference.predictor import InferenceMode, MultitaskPredictor, resolve_mode
 from pancreas_multitask.io import atomic_path, write_json, write_text
 from pancreas_multitask.model.calibration import Calibration, fit_temperature
-from pancreas_multitask.model.folders import AGREEMENT_FILE, METRICS_FILE, SELECTED_CHECKPOINT
+from pancreas_multitask.model.folders import AGREEMENT_FILE, CASE_VALIDATION_FILE, METRICS_FILE, SELECTED_CHECKPOINT
 from pancreas_multitask.model.network import MultitaskNetwork, build_multitask_network
 from pancreas_multitask.model.settings import MultitaskSettings
 from pancreas_multitask.runtime import is_headless
@@ -205,14 +209,28 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
             network.train(was_training)
 
     def _f1_accuracy(self, keys: list[str], probabilities: list[np.ndarray]) -> tuple[float, float]:
+        """Macro-F1 (evaluation's definition: over the manifest's classes present in the truth) and accuracy."""
         truth, predicted = [self._subtype(k) for k in keys], [int(np.argmax(p)) for p in probabilities]
-        labels = list(range(self.settings.head.num_classes))
-        return float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)), float(accuracy_score(truth, predicted))
+        return macro_f1(truth, predicted, self.settings.head.num_classes), float(accuracy_score(truth, predicted))
 
     def case_level_validation(self) -> tuple[float, float]:
-        """Macro-F1 and accuracy of the subtype over whole validation cases (``validation_mode``)."""
+        """Macro-F1 and accuracy of the subtype over whole validation cases (``validation_mode``); the subtype each case
+        got is added to ``case_validation.json`` under this epoch (what train.json's chance line is computed from)."""
         keys = self._case_keys[1]
-        return self._f1_accuracy(keys, self.case_probabilities(self.validation_mode(), keys))
+        probabilities = self.case_probabilities(self.validation_mode(), keys)
+        self.record_case_predictions(keys, [int(np.argmax(p)) for p in probabilities])
+        return self._f1_accuracy(keys, probabilities)
+
+    def record_case_predictions(self, keys: list[str], predicted: list[int]) -> None:
+        """``case_validation.json``: the true subtypes once, and per epoch of a case-level pass the predicted ones."""
+        if self.local_rank != 0:
+            return
+        path = Path(self.output_folder) / CASE_VALIDATION_FILE
+        record = json.loads(path.read_text()) if path.is_file() else {"truth": {}, "epochs": {}}
+        record["truth"] = {k: self._subtype(k) for k in keys}
+        record["epochs"] = {e: p for e, p in record["epochs"].items() if int(e) < self.current_epoch}  # a resumed run redoes later epochs
+        record["epochs"][str(self.current_epoch)] = dict(zip(keys, predicted))
+        write_json(path, record)
 
     def deployed_validation_probabilities(self) -> dict[str, np.ndarray]:
         """The deployed mode's (uncalibrated) subtype probabilities of every validation case, with the weights as they are now;
@@ -290,17 +308,17 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         super().on_validation_epoch_end(val_outputs)
         epoch = self.current_epoch
         measurable = self.classification_measurable()
-        if not measurable:  # e.g. the real CT set (subtype 2 only): select on segmentation alone
-            f1, accuracy = float("nan"), float("nan")
-        elif epoch % self.settings.case_val_every == 0 or epoch == self.num_epochs - 1:
+        if measurable and (epoch % self.settings.case_val_every == 0 or epoch == self.num_epochs - 1):
             f1, accuracy = self.case_level_validation()
-        else:  # carried forward between case-level passes
-            f1, accuracy = self.logger.get_value("val_macro_f1", epoch - 1), self.logger.get_value("val_accuracy", epoch - 1)
+        else:  # no case-level pass on these weights (or one subtype, e.g. the real CT set): no F1, and none carried forward
+            f1, accuracy = float("nan"), float("nan")
         self.logger.log("val_macro_f1", f1, epoch)
         self.logger.log("val_accuracy", accuracy, epoch)
         ema = self.logger.get_value("ema_fg_dice", epoch)
-        dice_weight = self.settings.criterion_dice_weight if measurable else 1.0
-        self.logger.log("val_criterion", criterion(ema, 0.0 if not measurable else f1, dice_weight), epoch)
+        if measurable:  # NaN where no F1 was measured: such an epoch cannot be selected (best_epoch skips NaN)
+            self.logger.log("val_criterion", criterion(ema, f1, self.settings.criterion_dice_weight), epoch)
+        else:  # one subtype: select on the segmentation alone, every epoch
+            self.logger.log("val_criterion", criterion(ema, 0.0, 1.0), epoch)
 
     # ---- epoch bookkeeping, checkpoints, early stopping ---------------------------------------------
     def early_stop_reason(self) -> str | None:
@@ -327,7 +345,7 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         seconds = log.get_value("epoch_end_timestamps", epoch) - log.get_value("epoch_start_timestamps", epoch)
         dice = [round(float(d), 4) for d in log.get_value("dice_per_class_or_region", epoch)]
         history = log.get_value("val_criterion", step=None)
-        improved = best_epoch(history) == epoch
+        improved = best_epoch(history) == epoch  # never at an epoch without a fresh case-level F1 (its criterion is NaN)
         print(
             f"epoch {epoch:4d}/{self.num_epochs} | loss {log.get_value('train_losses', epoch):.4f} "
             f"(seg {log.get_value('train_seg_losses', epoch):.4f}, cls {log.get_value('train_cls_losses', epoch):.4f}) "

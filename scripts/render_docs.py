@@ -1,0 +1,250 @@
+"""Render the README's and the docs' numbers from the committed artefacts in ``benchmarks/results/``.
+
+    python scripts/render_docs.py           # rewrite every block
+    python scripts/render_docs.py --check   # exit 1, naming the blocks, when a file differs from what would be rendered
+
+A block is the text between ``<!-- render:KIND ARG ... -->`` and ``<!-- /render:KIND -->`` in ``README.md`` or
+``docs/*.md``; everything between the two markers is generated. The kinds:
+
+* ``targets RUN SPLIT``: a published run's targets with CI, verdict and chance line (``runs/RUN/evaluation/SPLIT/metrics.json``);
+* ``details RUN SPLIT``: the same split's segmentation, detection, classification and calibration details;
+* ``times RUN``: the run's revision, date and seconds per notebook (``run.json``);
+* ``train RUN``: the training record (``train.json``): which checkpoint, chosen where, with what;
+* ``benchmark NAME``: ``benchmarks/results/NAME.md`` as its script wrote it, with the date and revision from ``NAME.json``;
+* ``heads-chance``: the chance line and the answers per subtype of every head in ``classification_heads_cpu.json``;
+* ``profiles demo=RUN realct=RUN``: the profiles, their cases (from their parameters or the run's records) and the quoted runs' time.
+
+A run is published with ``scripts/publish_run.py``; ``tests/test_docs.py`` runs ``--check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "lib"))
+RESULTS = REPO / "benchmarks" / "results"
+RUNS = RESULTS / "runs"
+BLOCK = re.compile(r"(<!-- render:(?P<kind>[\w-]+)(?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!-- /render:(?P=kind) -->)", re.S)
+
+
+def documents(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def _json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such artefact (publish the run with scripts/publish_run.py, or run the benchmark)")
+    return json.loads(path.read_text())
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(ci: list[float] | None, digits: int = 3) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _run(run: str) -> tuple[dict, Path]:
+    folder = RUNS / run
+    return _json(folder / "run.json"), folder
+
+
+def _split_line(run: str, split: str, metrics: dict) -> str:
+    record, _ = _run(run)
+    splits = metrics["splits"]
+    chose = "the same cases: optimistic" if splits["evaluated_is_selection"] else "cases that chose nothing"
+    return (f"Run `{run}` (profile `{record['profile']}`, revision `{record['git_revision'][:12]}`), {split} split, "
+            f"{metrics['n_ground_truth_cases']} cases ({chose}); checkpoint, postprocessing and temperature chosen on: {splits['selection']}.")
+
+
+def render_targets(run: str, split: str) -> str:
+    from pancreas_multitask.evaluation.chance import describe
+
+    metrics = _json(RUNS / run / "evaluation" / split / "metrics.json")
+    classification = metrics["classification"]
+    lines = [_split_line(run, split, metrics), "",
+             "| metric | value | 95 % CI | cases | target | verdict | chance line |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key, t in metrics["targets"].items():
+        value = _num(t["value"]) + (f" ({classification['f1_over']})" if key == "macro_f1" and classification else "")
+        chance = describe(classification["chance"], classification["class_names"]) if key == "macro_f1" and classification else "—"
+        lines.append(f"| {t['label']} | {value} | {_ci(t['ci95'])} | {t['n']} | ≥ {t['threshold']:.2f} | **{t['verdict']}** | {chance} |")
+    notes = []
+    if classification:
+        if classification["chance"]["indistinguishable_from_chance"]:
+            notes.append("the macro-F1 cannot be told from chance: its CI reaches the 95th percentile of the same answers shuffled over the cases")
+        notes += [f"collapsed answers: {w}" for w in classification["collapse_warnings"]]
+    elif metrics.get("classification_not_assessable"):
+        notes.append(f"classification not assessable: {metrics['classification_not_assessable']}")
+    return "\n".join(lines + ([""] + [f"* {n}." for n in notes] if notes else [])) + "\n"
+
+
+def render_details(run: str, split: str) -> str:
+    metrics = _json(RUNS / run / "evaluation" / split / "metrics.json")
+    seg, surface, detection = metrics["segmentation"], metrics["surface"], metrics["lesion_detection"]
+    lines = [f"Run `{run}`, {split} split, {metrics['n_ground_truth_cases']} cases, mean [95 % CI]:", "",
+             "| structure | DSC | median DSC | NSD at 2 mm | HD95, mm |", "| --- | --- | --- | --- | --- |"]
+    for name, label in (("pancreas", "whole pancreas"), ("lesion", "lesion")):
+        d, n, h = seg[f"dsc_{name}"], surface[f"nsd_{name}"], surface[f"hd95_{name}"]
+        lines.append(f"| {label} | {_num(d['mean'])} {_ci(d['ci95'])} | {_num(d['median'])} | {_num(n['mean'])} {_ci(n['ci95'])} | {_num(h['mean'], 1)} {_ci(h['ci95'], 1)} |")
+    lines.append("")
+    if detection["rate"] is not None:
+        lines.append(f"* Lesions found (lesion-wise, Dice ≥ {detection['min_dice']:g} with the predicted lesion touching them): {detection['detected']} of {detection['n']} cases, "
+                     f"{_num(detection['rate'])} {_ci(detection['ci95'])}; {detection['components_detected']} of {detection['components']} true lesion components. "
+                     f"False-positive lesion components: {_num(detection['fp_components_per_case'], 2)} {_ci(detection['fp_components_ci95'], 2)} per case.")
+    pp = metrics.get("postprocessing")
+    if pp:
+        lines.append(f"* nnU-Net's postprocessing (chosen on {pp['chosen_on']}): whole pancreas {_num(pp['dsc_pancreas']['without']['mean'])} → "
+                     f"{_num(pp['dsc_pancreas']['with']['mean'])}, lesion {_num(pp['dsc_lesion']['without']['mean'])} → {_num(pp['dsc_lesion']['with']['mean'])} (mean DSC without → with).")
+    classification = metrics["classification"]
+    if classification:
+        hist = classification["prediction_histogram"]
+        names = classification["class_names"]
+        lines.append(f"* Subtype: accuracy {_num(classification['accuracy'])}, balanced accuracy {_num(classification['balanced_accuracy'])} {_ci(classification['balanced_accuracy_ci95'])}, "
+                     f"MCC {_num(classification['mcc'])} {_ci(classification['mcc_ci95'])}; cases per subtype true / predicted: "
+                     + ", ".join(f"{n} {t}/{p}" for n, t, p in zip(names, hist["true"], hist["predicted"])) + ".")
+        calibration = classification.get("calibration") or {}
+        if "uncalibrated" in calibration:
+            lines.append(f"* Calibration: ECE {_num(calibration['uncalibrated']['ece'])} {_ci(calibration['uncalibrated']['ece_ci95'])} before temperature scaling, "
+                         f"{_num(calibration['calibrated']['ece'])} {_ci(calibration['calibrated']['ece_ci95'])} after.")
+    return "\n".join(lines) + "\n"
+
+
+def render_times(run: str) -> str:
+    record, _ = _run(run)
+    total = sum(n["seconds"] for n in record["notebooks"])
+    cells = " | ".join(f"{n['notebook'].removesuffix('.ipynb')} {_minutes(n['seconds'])}" for n in record["notebooks"])
+    return (f"Run `{run}`: profile `{record['profile']}`, revision `{record['git_revision'][:12]}`, started {record['started']}, status {record['status']}, "
+            f"**{_minutes(total)}** for the notebooks (the first run's installation not included): {cells}.\n")
+
+
+TRAIN_KEYS = ("selected checkpoint", "selected at epoch", "selected on", "case-level macro-F1 (val) with its 95 % CI", "chance line (the same cases)",
+              "subtype answers (val): true / predicted per subtype", "pseudo-Dice whole_pancreas (val patches)", "pseudo-Dice lesion (val patches)",
+              "full-volume Dice whole_pancreas (val, nnU-Net)", "full-volume Dice lesion (val, nnU-Net)",
+              "postprocessing (nnU-Net, chosen on the selection split)", "subtype temperature (fitted on the selection split)",
+              "training pass vs deployed estimator (same subtype, val)", "stopped because")
+
+
+def render_train(run: str) -> str:
+    record = _json(RUNS / run / "train.json")
+    lines = [f"`train.json` of run `{run}` (every number here is on the selection split, which chose the checkpoint: optimistic):", "",
+             "| | value |", "| --- | --- |"]
+    lines += [f"| {key} | {record[key]} |" for key in TRAIN_KEYS if key in record]
+    return "\n".join(lines) + "\n"
+
+
+def render_benchmark(name: str) -> str:
+    data = _json(RESULTS / f"{name}.json")
+    table = (RESULTS / f"{name}.md").read_text().strip()
+    when = f"{data['date']}, revision `{str(data.get('git_revision', 'not recorded'))[:12]}`" if data.get("date") else "date and revision not recorded"
+    return f"`benchmarks/results/{name}.json` ({when}):\n\n{table}\n"
+
+
+def render_heads_chance() -> str:
+    import numpy as np
+
+    from pancreas_multitask.evaluation.chance import COLLAPSE_SHARE, constant_answer
+    from pancreas_multitask.evaluation.metrics import macro_f1_batch
+
+    data = _json(RESULTS / "classification_heads_cpu.json")
+    truth = np.asarray(data["test_labels"])
+    k = int(truth.max()) + 1
+    constant = constant_answer(truth, k)
+    rng = np.random.default_rng(0)
+    lines = [f"Chance line on the same {len(truth)} test cases (true subtypes {np.bincount(truth, minlength=k).tolist()}): always subtype{constant['subtype']} scores "
+             f"{constant['macro_f1']:.3f} {_ci(constant['ci95'])}. Per head, its answers shuffled over the cases (each seed's own, 2000 times, mean over seeds), "
+             f"and how often it names each subtype:", "",
+             "| variant | test macro-F1 | shuffled: 95th percentile | answers per subtype, per seed | collapsed (one subtype > 80 %, or one never named) |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in data["rows"]:
+        runs = [r for r in data["runs"] if r["variant"] == row["variant"]]
+        if not runs:
+            continue
+        answers = [np.asarray(r["test_probabilities"]).argmax(axis=1) for r in runs]
+        shuffled = np.mean([macro_f1_batch(np.broadcast_to(truth, (2000, len(truth))), np.stack([rng.permutation(a) for _ in range(2000)]), k) for a in answers], axis=0)
+        counts = [np.bincount(a, minlength=k).tolist() for a in answers]
+        collapsed = [max(c) / len(truth) > COLLAPSE_SHARE or min(c) == 0 for c in counts]
+        lines.append(f"| {row['variant']} | {row['macro_f1']:.3f} | {np.percentile(shuffled, 95):.3f} | {'; '.join(str(c) for c in counts)} | "
+                     f"{sum(collapsed)} of {len(counts)} seeds |")
+    return "\n".join(lines) + "\n"
+
+
+def render_profiles(**runs: str) -> str:
+    from pancreas_multitask.profiles import load_parameters
+
+    def phantom_cases(profile: str) -> str:
+        phantom = load_parameters(REPO / "notebooks" / "params", profile)["phantom"]
+        return f"synthetic phantom, {sum(phantom['train'])} / {sum(phantom['validation'])} / {phantom['test']} cases"
+
+    def measured(profile: str) -> str:
+        if profile not in runs:
+            return "—"
+        record, _ = _run(runs[profile])
+        return f"{_minutes(sum(n['seconds'] for n in record['notebooks']))} (run `{runs[profile]}`)"
+
+    realct = _json(RUNS / runs["realct"] / "prepare.json") if "realct" in runs else {}
+    counts = realct.get("cases") or {}
+    real = f"real CT, {counts.get('train', '?')} / {counts.get('validation', '?')} / {counts.get('test', '?')} cases (subtype 2 only)" if counts else "real CT (subtype 2 only)"
+    rows = [("`demo` (default)", phantom_cases("demo"), "CPU", "the demo", measured("demo")),
+            ("`smoke`", phantom_cases("smoke"), "CPU", "CI and the notebook tests", "—"),
+            ("`realct`", real, "CPU", "real segmentation numbers and timing ([real data](docs/real_data.md))", measured("realct")),
+            ("`local`", "your quiz data (`$PANCREAS_QUIZ_DIR`)", "CUDA if present", "a GPU server", "—"),
+            ("`colab`", "your quiz data on Google Drive", "Colab GPU", "Colab", "—")]
+    lines = ["| profile | data (train / validation / test) | device | for | notebooks took (2 CPU cores) |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {p} | {d} | {dev} | {what} | {t} |" for p, d, dev, what, t in rows]
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS: dict[str, Callable[..., str]] = {
+    "targets": render_targets, "details": render_details, "times": render_times, "train": render_train,
+    "benchmark": render_benchmark, "heads-chance": render_heads_chance, "profiles": render_profiles,
+}
+
+
+def render_block(kind: str, args: str) -> str:
+    if kind not in RENDERERS:
+        raise ValueError(f"unknown block kind {kind!r}; known: {sorted(RENDERERS)}")
+    positional = [a for a in args.split() if "=" not in a]
+    keywords = dict(a.split("=", 1) for a in args.split() if "=" in a)
+    return RENDERERS[kind](*positional, **keywords)
+
+
+def render_text(text: str) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("kind"), m.group("args")) + m.group(5), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a document differs from what would be rendered")
+    args = parser.parse_args(argv)
+    drift = []
+    for path in documents(REPO):
+        text = path.read_text()
+        rendered = render_text(text)
+        if rendered == text:
+            continue
+        if args.check:
+            drift.append(path)
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), rendered.splitlines(True), path.name, "rendered", n=1))
+        else:
+            path.write_text(rendered)
+            print(f"rendered {path.name}")
+    if drift:
+        print(f"\n{len(drift)} document(s) differ from their artefacts: {', '.join(p.name for p in drift)}; run python scripts/render_docs.py")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
