@@ -79,7 +79,8 @@ def render_targets(run: str, split: str) -> str:
     for key, t in metrics["targets"].items():
         value = _num(t["value"]) + (f" ({classification['f1_over']})" if key == "macro_f1" and classification else "")
         chance = describe(classification["chance"], classification["class_names"]) if key == "macro_f1" and classification else "—"
-        lines.append(f"| {t['label']} | {value} | {_ci(t['ci95'])} | {t['n']} | ≥ {t['threshold']:.2f} | **{t['verdict']}** | {chance} |")
+        why = f" ({t['reason']})" if t["verdict"] == "undecided" and "interval contains" not in t["reason"] else ""
+        lines.append(f"| {t['label']} | {value} | {_ci(t['ci95'])} | {t['n']} | ≥ {t['threshold']:.2f} | **{t['verdict']}**{why} | {chance} |")
     notes = []
     if classification:
         if classification["chance"]["indistinguishable_from_chance"]:

@@ -21,8 +21,6 @@ ALLOWED_NUMBERS = {
     "0.05",  # the temperature's lower bound
     "0.15",  # the phantom test's margin of the probe over the mean-HU rule
     "0.01",  # ml (the smallest real lesions); the non-inferiority margin
-    "0.001",  # the mask tolerance; a learning rate
-    "0.35",  # the real z spacing's spread (0.35x its median)
 }
 
 
