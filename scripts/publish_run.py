@@ -5,7 +5,7 @@
 Writes ``<dest>/<run_id>/``: the run record (``run.json``: profile, parameters, git revision, library
 versions, each notebook's status and seconds), per evaluated split ``evaluation/<split>/metrics.json`` and
 ``per_case.csv``, and from the profile's work folder the stage records (``prepare.json``, ``train.json``,
-``inference.json``) and the fold's small files (per-epoch metrics, the case-level answers, the estimator
+``inference.json``, each checked to be written during this run) and the fold's small files (per-epoch metrics, the case-level answers, the estimator
 check, the temperature, the postprocessing and its cases, the settings). No image, mask or checkpoint.
 Every absolute path in them is made relative to the repository (``../shared/...`` for the shared data), so
 no machine's path is committed. ``scripts/render_docs.py`` renders the published numbers into the docs.
@@ -14,6 +14,7 @@ no machine's path is committed. ``scripts/render_docs.py`` renders the published
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -57,9 +58,13 @@ def publish(run_dir: Path, dest: Path, root: Path = REPO) -> Path:
             copy_relative(split_dir / name, tmp / "evaluation" / split_dir.name / name, root)
     params = record["parameters"]
     workspace = Workspace.create(root / "data_manifest.yaml", record["profile"], params)
-    for stage in RECORDS:
-        if workspace.record(stage).is_file():
-            copy_relative(workspace.record(stage), tmp / f"{stage}.json", root)
+    started, finished = (datetime.datetime.fromisoformat(record[key]).timestamp() for key in ("started", "finished"))
+    for stage in RECORDS:  # the stage records this run wrote: not an earlier run's, nor a later one's in the same work folder
+        path = workspace.record(stage)
+        if not path.is_file() or not started <= path.stat().st_mtime <= finished + 1:
+            raise SystemExit(f"{path}: not written by run {record['run_id']} (between {record['started']} and {record['finished']}); "
+                             "publish a run of all five notebooks, right after it, from the work folder it used")
+        copy_relative(path, tmp / f"{stage}.json", root)
     for name in FOLD_FILES:
         if (workspace.fold_folder / name).is_file():
             copy_relative(workspace.fold_folder / name, tmp / "fold" / name, root)

@@ -64,7 +64,8 @@ def _run(run: str) -> tuple[dict, Path]:
 def _split_line(run: str, split: str, metrics: dict) -> str:
     record, _ = _run(run)
     splits = metrics["splits"]
-    chose = "the same cases: optimistic" if splits["evaluated_is_selection"] else "cases that chose nothing"
+    chose = ("the cases it was trained on" if splits.get("evaluated_is_training") else "the same cases: optimistic" if splits["evaluated_is_selection"]
+             else "cases that chose nothing")
     return (f"Run `{run}` (profile `{record['profile']}`, revision `{record['git_revision'][:12]}`), {split} split, "
             f"{metrics['n_ground_truth_cases']} cases ({chose}); checkpoint, postprocessing and temperature chosen on: {splits['selection']}.")
 
@@ -155,29 +156,31 @@ def render_benchmark(name: str) -> str:
 def render_heads_chance() -> str:
     import numpy as np
 
-    from pancreas_multitask.evaluation.chance import COLLAPSE_SHARE, constant_answer
+    from pancreas_multitask.evaluation.chance import collapse_warnings, constant_answer
     from pancreas_multitask.evaluation.metrics import macro_f1_batch
+    from pancreas_multitask.manifest import load_manifest
 
     data = _json(RESULTS / "classification_heads_cpu.json")
+    names = list(load_manifest(REPO / "data_manifest.yaml").subtypes)
     truth = np.asarray(data["test_labels"])
-    k = int(truth.max()) + 1
+    k = len(names)
     constant = constant_answer(truth, k)
-    rng = np.random.default_rng(0)
-    lines = [f"Chance line on the same {len(truth)} test cases (true subtypes {np.bincount(truth, minlength=k).tolist()}): always subtype{constant['subtype']} scores "
-             f"{constant['macro_f1']:.3f} {_ci(constant['ci95'])}. Per head, its answers shuffled over the cases (each seed's own, 2000 times, mean over seeds), "
-             f"and how often it names each subtype:", "",
-             "| variant | test macro-F1 | shuffled: 95th percentile | answers per subtype, per seed | collapsed (one subtype > 80 %, or one never named) |",
+    order = np.random.default_rng(0).permuted(np.tile(np.arange(len(truth)), (2000, 1)), axis=1)  # one shuffle of the cases for every seed
+    lines = [f"Chance line on the same {len(truth)} test cases (true subtypes {np.bincount(truth, minlength=k).tolist()}): always {names[constant['subtype']]} scores "
+             f"{constant['macro_f1']:.3f} {_ci(constant['ci95'])}. Per head, its answers shuffled over the cases (the same 2000 shuffles for every seed, "
+             f"macro-F1 averaged over the seeds), and how often it names each subtype:", "",
+             "| variant | test macro-F1 | shuffled: 95th percentile | answers per subtype, per seed | collapsed (one subtype > 80 % of the answers, or one of the truth never named) |",
              "| --- | --- | --- | --- | --- |"]
     for row in data["rows"]:
         runs = [r for r in data["runs"] if r["variant"] == row["variant"]]
         if not runs:
             continue
         answers = [np.asarray(r["test_probabilities"]).argmax(axis=1) for r in runs]
-        shuffled = np.mean([macro_f1_batch(np.broadcast_to(truth, (2000, len(truth))), np.stack([rng.permutation(a) for _ in range(2000)]), k) for a in answers], axis=0)
+        shuffled = np.mean([macro_f1_batch(np.broadcast_to(truth, order.shape), a[order], k) for a in answers], axis=0)
         counts = [np.bincount(a, minlength=k).tolist() for a in answers]
-        collapsed = [max(c) / len(truth) > COLLAPSE_SHARE or min(c) == 0 for c in counts]
+        collapsed = sum(bool(collapse_warnings(truth, a, names)) for a in answers)
         lines.append(f"| {row['variant']} | {row['macro_f1']:.3f} | {np.percentile(shuffled, 95):.3f} | {'; '.join(str(c) for c in counts)} | "
-                     f"{sum(collapsed)} of {len(counts)} seeds |")
+                     f"{collapsed} of {len(counts)} seeds |")
     return "\n".join(lines) + "\n"
 
 
@@ -221,7 +224,12 @@ def render_block(kind: str, args: str) -> str:
     return RENDERERS[kind](*positional, **keywords)
 
 
-def render_text(text: str) -> str:
+def render_text(text: str, where: str = "") -> str:
+    """``text`` with every block rendered; a marker without its partner (a typo, CRLF line ends) is an error, not skipped."""
+    opened = len(re.findall(r"^<!-- render:", text, re.M))  # markers start a line (prose may quote them)
+    if opened != len(BLOCK.findall(text)) or opened != len(re.findall(r"^<!-- /render:", text, re.M)):
+        raise ValueError(f"{where}: {opened} opening render marker(s) but {len(BLOCK.findall(text))} complete block(s); every "
+                         "'<!-- render:KIND ... -->' line needs its '<!-- /render:KIND -->' on a later line (LF line ends)")
     return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("kind"), m.group("args")) + m.group(5), text)
 
 
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     drift = []
     for path in documents(REPO):
         text = path.read_text()
-        rendered = render_text(text)
+        rendered = render_text(text, path.name)
         if rendered == text:
             continue
         if args.check:

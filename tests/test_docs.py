@@ -45,7 +45,9 @@ def test_every_rendered_block_matches_its_artefact(capsys: pytest.CaptureFixture
 def test_a_changed_artefact_or_an_edited_number_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     render = _render()
     shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    shutil.copy(REPO / "data_manifest.yaml", tmp_path / "data_manifest.yaml")
     shutil.copytree(REPO / "docs", tmp_path / "docs")
+    shutil.copytree(REPO / "notebooks" / "params", tmp_path / "notebooks" / "params")
     shutil.copytree(REPO / "benchmarks" / "results", tmp_path / "results")
     monkeypatch.setattr(render, "REPO", tmp_path)
     monkeypatch.setattr(render, "RESULTS", tmp_path / "results")
@@ -101,3 +103,42 @@ def test_no_result_number_outside_the_rendered_blocks() -> None:
         scores = set(re.findall(r"(?<![\w.])0\.\d{2,}\b", text)) - ALLOWED_NUMBERS
         speedups = re.findall(r"\d+(?:\.\d+)?\s?×(?!\s?\d)", text)
         assert not scores and not speedups, f"{page.name}: {sorted(scores)} {speedups} outside a rendered block"
+
+
+def test_a_marker_without_its_partner_is_an_error() -> None:
+    render = _render()
+    with pytest.raises(ValueError, match="1 opening render marker"):
+        render.render_text("<!-- render:heads-chance -->\ntext\n<!-- /render:heads-chance-typo -->\n", "x.md")
+    assert render.render_text("quoted in prose: `<!-- render:… -->`\n") == "quoted in prose: `<!-- render:… -->`\n"
+
+
+def test_publishing_a_run_makes_paths_relative_and_refuses_records_of_another_run(tmp_path: Path) -> None:
+    import datetime
+    import os
+
+    spec = importlib.util.spec_from_file_location("publish_run", REPO / "scripts" / "publish_run.py")
+    publish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish)
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copy(REPO / "data_manifest.yaml", root / "data_manifest.yaml")
+    run = root / "reports" / "runs" / "20260101-000000-smoke"
+    (run / "evaluation" / "test").mkdir(parents=True)
+    now = datetime.datetime.now()
+    record = {"run_id": run.name, "profile": "smoke", "status": "ok", "parameters": {"plans": "p", "run_dir": str(run)},
+              "started": (now - datetime.timedelta(minutes=5)).isoformat(timespec="seconds"), "finished": (now + datetime.timedelta(minutes=1)).isoformat(timespec="seconds")}
+    (run / "run.json").write_text(json.dumps(record))
+    shared = tmp_path / "shared" / "data" / "quiz_0_001.nii.gz"
+    (run / "evaluation" / "test" / "metrics.json").write_text(json.dumps({"sources": {"ground_truth": f"{shared} (masks: {root / 'work' / 'x'})"}, "url": "https://example.org/a/b"}))
+    (run / "evaluation" / "test" / "per_case.csv").write_text(f"case,gt_file\nquiz_0_001,{shared}\n")
+    for stage in ("prepare", "train", "inference"):
+        (root / "work" / "smoke").mkdir(parents=True, exist_ok=True)
+        (root / "work" / "smoke" / f"{stage}.json").write_text(json.dumps({"model_folder": str(root / "work" / "smoke" / "m")}))
+    out = publish.publish(run, root / "published", root)
+    text = "".join(p.read_text() for p in out.rglob("*") if p.is_file())
+    assert str(tmp_path) not in text and "../shared/data/quiz_0_001.nii.gz" in text and "work/x" in text and "https://example.org/a/b" in text
+    assert json.loads((out / "run.json").read_text())["parameters"]["run_dir"] == "reports/runs/20260101-000000-smoke"
+    later = (now + datetime.timedelta(hours=1)).timestamp()
+    os.utime(root / "work" / "smoke" / "train.json", (later, later))  # a later run's record in the same work folder
+    with pytest.raises(SystemExit, match="train.json: not written by run 20260101-000000-smoke"):
+        publish.publish(run, root / "published", root)

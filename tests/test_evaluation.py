@@ -296,6 +296,32 @@ def test_verdict_boundaries() -> None:
     assert judge(None, None, 0.7, 0, not_assessable="one class").to_dict() == {"verdict": "not assessable", "reason": "one class"}
 
 
+def test_scores_on_the_training_split_are_labelled_and_decide_nothing(tmp_path: Path) -> None:
+    quiz = make_quiz(tmp_path)
+    result = evaluate_folder(read_quiz_layout(quiz["gt"], MANIFEST), quiz["pred"], quiz["csv"], resamples=100, selection_split="validation", evaluated_split="train")
+    splits, targets = result.summary["splits"], result.summary["targets"]
+    assert splits["evaluated_is_training"] and not splits["evaluated_is_selection"]
+    assert all(t["label"].endswith("(trained on these cases)") and t["verdict"] == UNDECIDED and "trained on these cases" in t["reason"] for t in targets.values())
+    cv5 = evaluate_folder(read_quiz_layout(quiz["gt"], MANIFEST), quiz["pred"], quiz["csv"], resamples=100, selection_split="train (the held-out cases of fold 0)",
+                          evaluated_split="validation")
+    assert not cv5.summary["splits"]["evaluated_is_training"] and not cv5.summary["splits"]["evaluated_is_selection"]
+    assert cv5.summary["targets"]["dsc_pancreas"]["label"] == "whole-pancreas DSC"
+
+
+def test_detection_intervals_do_not_collapse_when_every_lesion_is_found() -> None:
+    from pancreas_multitask.evaluation.evaluate import detection_summary
+    from pancreas_multitask.evaluation.metrics import count_rate_ci, proportion_ci
+
+    frame = pd.DataFrame({"lesion_detected": [1.0] * 12, "lesion_components": [1.0] * 11 + [2.0], "lesion_components_detected": [1.0] * 12,
+                          "lesion_fp_components": [0.0] * 12})
+    detection = detection_summary(frame)
+    assert detection["rate"] == 1.0 and detection["ci95"] == pytest.approx([12 / (12 + 1.959964**2), 1.0], abs=1e-4)  # Wilson, not [1, 1]
+    assert detection["component_sensitivity"] == pytest.approx(12 / 13) and detection["component_sensitivity_ci95"][1] < 1.0
+    assert detection["fp_components_per_case"] == 0.0 and detection["fp_components_ci95"] == pytest.approx([0.0, 3.6889 / 12], abs=1e-3)  # exact Poisson
+    low, high = proportion_ci(6, 8)
+    assert low < 0.75 < high and count_rate_ci(3, 10)[0] > 0
+
+
 def test_macro_f1_with_a_class_absent_from_the_truth_decides_nothing() -> None:
     from pancreas_multitask.evaluation.evaluate import classification_summary
 

@@ -111,6 +111,7 @@ def test_training_killed_mid_epoch_resumes_from_checkpoint_latest(tiny_prepared,
     assert first.returncode == -signal.SIGKILL, "training finished before the kill"
     assert (fold / "checkpoint_latest.pth").is_file() and not (fold / "checkpoint_final.pth").exists()
     done_before = pd.read_csv(metrics)
+    (fold / ".tmp.checkpoint_latest.pth.killed.pth").write_bytes(b"half a checkpoint")  # what a kill during a checkpoint write leaves
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "trained:" in again.stdout, again.stderr[-3000:]

@@ -250,3 +250,14 @@ def test_head_settings_are_checked() -> None:
         build_multitask_network(None, REDUCED, 1, 2, False, HeadConfig(source="encoder", stages=(7,)), has_regions=True)
     again = MultitaskSettings.from_dict(MultitaskSettings(head=HeadConfig(source="encoder", stages=(1, 2), pooling="avg")).to_dict())
     assert again.head.stages == (1, 2) and again.head.describe() == "encoder stages 1,2 · avg · mean"
+
+
+def test_patience_must_reach_the_next_case_level_pass() -> None:
+    """The criterion exists only where a case-level pass ran: patience below case_val_every would stop before the next one."""
+    from pancreas_multitask.model.settings import MultitaskSettings
+
+    with pytest.raises(ValueError, match=r"patience \(3\) must be at least case_val_every \(10\)"):
+        MultitaskSettings(patience=3, case_val_every=10)
+    with pytest.raises(ValueError, match="case_val_every must be at least 1"):
+        MultitaskSettings(case_val_every=0)
+    assert MultitaskSettings(patience=10, case_val_every=10).patience == 10

@@ -99,6 +99,8 @@ class Workspace:
         fold's held-out train cases (``splits_final.json``)."""
         if self.split_mode() == "cv5":
             folds = json.loads((self.preprocessed / "splits_final.json").read_text())
+            if str(self.fold) == "all":  # nnU-Net's fold 'all' trains and validates on every train case
+                return sorted({k for fold in folds for k in fold["train"] + fold["val"]})
             return sorted(folds[int(self.fold)]["val"])
         return sorted(c.case_id for c in self.cases(self.manifest.layout.labeled_splits[1]))
 

@@ -13,6 +13,7 @@ Seed-compatible interface::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_folder", type=Path, required=True, help="where metrics.json, per_case.csv and evaluation.html go")
     parser.add_argument("--checkpoint_split", default="validation", help="the split that chose the checkpoint, postprocessing and temperature (default: validation)")
     parser.add_argument("--evaluated_split", help="the split evaluated (default: the ground-truth folder's name, or 'test' for an answer key)")
+    parser.add_argument("--training_split", default="train", help="the split the model was trained on (default: train); scoring it decides nothing")
     parser.add_argument("--training_metrics", type=Path, help="the trainer's per-epoch training_metrics.csv, for the report's curves")
     parser.add_argument("--inference_json", type=Path, help="inference.json, for the report's timing table")
     parser.add_argument("--benchmark_json", type=Path, help="a benchmark JSON with a 'rows' list, for the report")
@@ -57,7 +59,8 @@ def summary_lines(summary: dict, written: list[Path]) -> list[str]:
 
     splits = summary["splits"]
     lines = [f"cases: {summary['n_ground_truth_cases']} in the ground truth, {summary['segmentation']['dsc_pancreas']['n']} with a predicted mask",
-             f"chosen on: {splits['selection']}; evaluated: {splits['evaluated']}" + (" (the same cases: optimistic)" if splits["evaluated_is_selection"] else "")]
+             f"chosen on: {splits['selection']}; evaluated: {splits['evaluated']}"
+             + (" (the cases it was trained on: nothing is decided)" if splits.get("evaluated_is_training") else " (the same cases: optimistic)" if splits["evaluated_is_selection"] else "")]
     for target in summary["targets"].values():
         lines.append(f"{target['label']}: {fmt(target['value'])} {fmt_ci(target['ci95'])} (target >= {target['threshold']:.2f}, {target['n']} cases) "
                      f"{target['verdict'].upper()}: {target['reason']}")
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         clear_outputs(args.output_folder, (METRICS_JSON, PER_CASE_CSV, REPORT_NAME))  # a killed re-run leaves no stale mix
         if args.validation_data is not None:
             cases, source = read_quiz_layout(args.validation_data, load_manifest(args.manifest or REPO / "data_manifest.yaml")), str(args.validation_data)
-            evaluated = args.evaluated_split or args.validation_data.resolve().name
+            evaluated = args.evaluated_split or Path(os.path.abspath(args.validation_data)).name
         else:
             key = args.answer_key / ANSWER_KEY_CSV if args.answer_key.is_dir() else args.answer_key
             masks = args.answer_masks or key.parent / ANSWER_KEY_MASKS
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         unprocessed = args.prediction_folder / UNPROCESSED
         result = evaluate_folder(cases, args.prediction_folder, args.prediction_csv, args.output_folder, resamples=args.resamples, seed=args.seed, ground_truth_source=source,
                                  unprocessed_folder=unprocessed if unprocessed.is_dir() else None, selection_split=args.checkpoint_split, evaluated_split=evaluated,
-                                 label_file=label_file)
+                                 label_file=label_file, training_split=args.training_split)
         parameters = {key: str(value) for key, value in vars(args).items() if value is not None}
         provenance = collect_provenance(REPO, args.manifest, args.profile, parameters, args.device)
         report = write_report(

@@ -28,7 +28,7 @@ from ..model.folders import PROB_PREFIX, UNCALIBRATED_PREFIX
 from ..runtime import progress
 from ..dataset.ground_truth import FILE_ENDING, GroundTruthCase, case_id, read_names_csv
 from .chance import chance_line, collapse_warnings, label_check, prediction_histogram
-from .metrics import DETECTION_MIN_DICE, NSD_TOLERANCE_MM, bootstrap_ci, classification_metrics, evaluate_case, classification_ci, mean_ci, ratio_ci
+from .metrics import DETECTION_MIN_DICE, NSD_TOLERANCE_MM, bootstrap_ci, classification_ci, classification_metrics, count_rate_ci, evaluate_case, mean_ci, proportion_ci
 from .verdict import judge
 
 TARGETS = {"dsc_pancreas": 0.91, "dsc_lesion": 0.31, "macro_f1": 0.70}
@@ -39,6 +39,7 @@ DETECTION_KEYS = ("lesion_detected", "lesion_components", "lesion_components_det
 PER_CASE_COLUMNS = ["case", "mask_file", "image_file", "gt_file", "pred_file", "subtype_true", "subtype_pred", "prob_pred", "prob_pred_uncalibrated",
                     *DSC_KEYS, *SURFACE_KEYS, *DETECTION_KEYS]
 CHOSEN_HERE = "chosen on these cases"  # added to a target's label when the evaluated split is the selection split
+TRAINED_HERE = "trained on these cases"  # ... when it is the training split
 NO_PP_SUFFIX = "_no_postprocessing"  # per-case columns of the masks before nnU-Net's postprocessing
 METRICS_JSON, PER_CASE_CSV = "metrics.json", "per_case.csv"
 
@@ -126,9 +127,9 @@ def segmentation_summary(values: pd.Series, resamples: int, seed: int) -> dict[s
     return {"n": len(values), "mean": float(values.mean()), "median": float(np.median(values)), "ci95": list(mean_ci(values, resamples=resamples, seed=seed))}
 
 
-def detection_summary(per_case: pd.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
+def detection_summary(per_case: pd.DataFrame) -> dict[str, Any]:
     """Lesion-wise detection (``metrics.lesion_components``): the share of cases whose lesion is found and of all true
-    lesion components, and the false-positive lesion components per case, each with its bootstrap CI."""
+    lesion components (Wilson intervals), and the false-positive lesion components per case (exact Poisson interval)."""
     base = {"definition": (f"a true lesion component is found when its Dice with the predicted lesion components touching it is at least "
                            f"{DETECTION_MIN_DICE:g}; a case's lesion is found when one of its components is; a false-positive component "
                            "touches no true lesion voxel"),
@@ -139,13 +140,14 @@ def detection_summary(per_case: pd.DataFrame, resamples: int, seed: int) -> dict
     out = {**base, "n": len(cases), "detected": int(cases["lesion_detected"].sum()), "rate": None, "ci95": None,
            "components": int(cases["lesion_components"].sum()), "components_detected": int(cases["lesion_components_detected"].sum()),
            "component_sensitivity": None, "component_sensitivity_ci95": None,
-           "fp_components_per_case": float(fp.mean()) if len(fp) else None, "fp_components_ci95": list(mean_ci(fp, resamples=resamples, seed=seed)) if len(fp) else None,
-           "fp_components_total": int(fp.sum()), "fp_cases": len(fp)}
+           "fp_components_per_case": float(fp.mean()) if len(fp) else None, "fp_components_ci95": list(count_rate_ci(int(fp.sum()), len(fp))) if len(fp) else None,
+           "fp_components_total": int(fp.sum()), "fp_cases": len(fp),
+           "intervals": "Wilson score for the shares (components counted as independent), exact Poisson for the false positives per case"}
     if len(cases):
         out["rate"] = float(cases["lesion_detected"].mean())
-        out["ci95"] = list(mean_ci(cases["lesion_detected"].to_numpy(dtype=float), resamples=resamples, seed=seed))
+        out["ci95"] = list(proportion_ci(out["detected"], out["n"]))
         out["component_sensitivity"] = out["components_detected"] / out["components"]
-        out["component_sensitivity_ci95"] = list(ratio_ci(cases["lesion_components_detected"], cases["lesion_components"], resamples=resamples, seed=seed))
+        out["component_sensitivity_ci95"] = list(proportion_ci(out["components_detected"], out["components"]))
     return out
 
 
@@ -215,14 +217,17 @@ def calibration_summary(ground_truth: Sequence[GroundTruthCase], rows: dict[str,
 
 
 def target_table(segmentation: dict[str, dict], classification: dict | None, missing: int = 0, not_assessable: str | None = None,
-                 chosen_here: bool = False) -> dict[str, dict[str, Any]]:
+                 chosen_here: bool = False, trained_here: bool = False) -> dict[str, dict[str, Any]]:
     """Each target's label, threshold, value (point estimate), CI, number of cases and three-state verdict (``verdict.judge``).
 
     With ``missing`` cases lacking a mask or a CSV row no target is decided: the means leave those cases out
     and would flatter the run. A macro-F1 over fewer than all of the manifest's classes decides nothing either.
-    ``chosen_here``: the evaluated split chose the checkpoint, postprocessing and temperature; every label says so.
+    ``chosen_here``: the evaluated split chose the checkpoint, postprocessing and temperature; ``trained_here``: the
+    model was trained on it (then nothing is decided). Every label says so.
     """
     blockers = [f"{missing} case(s) lack a prediction"] if missing else []
+    if trained_here:
+        blockers.append(f"the model was {TRAINED_HERE}")
     values = {key: (segmentation[key]["mean"], segmentation[key]["ci95"], segmentation[key]["n"], blockers) for key in DSC_KEYS}
     if classification:
         absent = [f"the F1 is {classification['f1_over']}"] if classification["classes_absent"] else []
@@ -232,8 +237,9 @@ def target_table(segmentation: dict[str, dict], classification: dict | None, mis
     table = {}
     for key, threshold in TARGETS.items():
         value, ci, n, reasons = values[key]
-        label = TARGET_LABELS[key] + (f" ({CHOSEN_HERE})" if chosen_here else "")
-        verdict = judge(value, ci, threshold, n, blockers=reasons, not_assessable=not_assessable or "no case has both a true and a predicted subtype")
+        label = TARGET_LABELS[key] + (f" ({TRAINED_HERE})" if trained_here else f" ({CHOSEN_HERE})" if chosen_here else "")
+        why_none = (not_assessable or "no case has both a true and a predicted subtype") if key == "macro_f1" else "no case has a predicted mask"
+        verdict = judge(value, ci, threshold, n, blockers=reasons, not_assessable=why_none)
         table[key] = {"label": label, "threshold": threshold, "value": value, "ci95": ci, "n": n, **verdict.to_dict()}
     return table
 
@@ -258,6 +264,7 @@ def evaluate_folder(
     selection_split: str = "validation",
     evaluated_split: str = "",
     label_file: str | os.PathLike[str] | None = None,
+    training_split: str = "train",
 ) -> EvaluationResult:
     """Score predicted masks and subtypes against ``ground_truth``; write ``metrics.json`` and ``per_case.csv`` to ``output_folder``.
 
@@ -266,12 +273,14 @@ def evaluate_folder(
     ``unprocessed_folder``: the same predictions before nnU-Net's postprocessing (what ``predict_cases``
     writes to ``no_postprocessing/``); their Dice goes beside the postprocessed one (``summary["postprocessing"]``).
     ``selection_split`` chose the checkpoint, the postprocessing and the temperature; ``evaluated_split`` is scored
-    here (``summary["splits"]``; when they are the same, every target's label says so). ``label_file``: the answer-key
-    CSV the true subtypes come from, if any (checked against the prediction CSV).
+    here (``summary["splits"]``; when they are the same, every target's label says so, as it does when the evaluated split
+    is ``training_split``). ``label_file``: the answer-key CSV the true subtypes come from, if any (checked against the
+    prediction CSV before anything is scored).
     """
     prediction_folder, prediction_csv = Path(prediction_folder), Path(prediction_csv)
     if not ground_truth:
         raise ValueError("no ground-truth cases to evaluate")
+    label_check(label_file, prediction_csv, [], [])  # the labels must not be read from the prediction CSV itself
     if output_folder is not None:
         clear_outputs(output_folder)
     masks = predicted_masks(prediction_folder)
@@ -297,18 +306,19 @@ def evaluate_folder(
     if classification is not None:
         classification["calibration"] = calibration_summary(ground_truth, rows, names, resamples, seed)
     not_assessable = classification_not_assessable(per_case, names)
-    chosen_here = same_split(selection_split, evaluated_split)
+    chosen_here, trained_here = same_split(selection_split, evaluated_split), same_split(training_split, evaluated_split)
     summary = {
         "sources": {"ground_truth": ground_truth_source, "prediction_folder": str(prediction_folder), "prediction_csv": str(prediction_csv)},
         "n_ground_truth_cases": len(ground_truth),
         "splits": {"selection": selection_split, "evaluated": evaluated_split, "evaluated_is_selection": chosen_here,
+                   "training": training_split, "evaluated_is_training": trained_here,
                    "chose": "checkpoint, nnU-Net's postprocessing and the subtype temperature"},
         "segmentation": segmentation,
         "surface": {**surface, "nsd_tolerance_mm": NSD_TOLERANCE_MM, "source": "monai.metrics (compute_surface_dice, compute_hausdorff_distance), voxel spacing in mm"},
-        "lesion_detection": detection_summary(per_case, resamples, seed),
+        "lesion_detection": detection_summary(per_case),
         "classification": classification,
         "classification_not_assessable": not_assessable,
-        "targets": target_table(segmentation, classification, len({m["case"] for m in missing}), not_assessable, chosen_here),
+        "targets": target_table(segmentation, classification, len({m["case"] for m in missing}), not_assessable, chosen_here, trained_here),
         "postprocessing": postprocessing,
         "missing_predictions": missing,
         "unexpected_predictions": unexpected,

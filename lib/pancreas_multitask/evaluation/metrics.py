@@ -201,7 +201,8 @@ def confusion_batch(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) ->
 
 
 def _batch_statistics(confusion: np.ndarray) -> dict[str, np.ndarray]:
-    """Macro-F1, balanced accuracy and MCC of each confusion matrix, as ``classification_metrics`` defines them."""
+    """Macro-F1, balanced accuracy and MCC of each confusion matrix, as ``classification_metrics`` defines them on
+    that matrix: a bootstrap resample is scored over the subtypes present in its own truth."""
     confusion = confusion.astype(np.float64)
     tp = np.diagonal(confusion, axis1=1, axis2=2)
     true_counts, pred_counts = confusion.sum(axis=2), confusion.sum(axis=1)
@@ -238,9 +239,7 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n_cases: int, *,
     indices = np.random.default_rng(seed).integers(0, n_cases, size=(resamples, n_cases))
     values = np.asarray(statistic(indices), dtype=float)
     tail = (1.0 - level) / 2 * 100
-    if np.isnan(values).all():
-        return (float("nan"), float("nan"))
-    low, high = np.nanpercentile(values, [tail, 100 - tail])  # NaN: a resample where the statistic is undefined (e.g. no true lesion)
+    low, high = np.percentile(values, [tail, 100 - tail])
     return (float(low), float(high))
 
 
@@ -256,12 +255,23 @@ def classification_ci(y_true: Sequence[int], y_pred: Sequence[int], num_classes:
     return bootstrap_ci(lambda idx: classification_batch(y_true[idx], y_pred[idx], num_classes, statistic), len(y_true), **kwargs)
 
 
-def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], **kwargs) -> tuple[float, float]:
-    """Bootstrap interval of ``sum(numerator) / sum(denominator)`` over resampled cases (e.g. lesion-wise sensitivity)."""
-    numerator, denominator = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+def proportion_ci(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a share (scipy's ``binomtest``): unlike a bootstrap it does not collapse to a point
+    at 0 % or 100 % (12 of 12 found is not certainty)."""
+    from scipy.stats import binomtest
 
-    def statistic(idx: np.ndarray) -> np.ndarray:
-        total = denominator[idx].sum(axis=1)
-        return np.divide(numerator[idx].sum(axis=1), total, out=np.full(total.shape, np.nan), where=total > 0)
+    if trials == 0:
+        return (float("nan"), float("nan"))
+    interval = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="wilson")
+    return (float(interval.low), float(interval.high))
 
-    return bootstrap_ci(lambda idx: statistic(idx), len(numerator), **kwargs)
+
+def count_rate_ci(total: int, cases: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Garwood) Poisson interval of a count per case, e.g. false-positive components: not a point at 0."""
+    from scipy.stats import chi2
+
+    if cases == 0:
+        return (float("nan"), float("nan"))
+    tail = (1.0 - level) / 2
+    low = 0.0 if total == 0 else chi2.ppf(tail, 2 * total) / 2
+    return (float(low / cases), float(chi2.ppf(1 - tail, 2 * total + 2) / 2 / cases))

@@ -84,6 +84,13 @@ class MultitaskSettings:
     head: HeadConfig = field(default_factory=HeadConfig)
     schedule: LossSchedule = field(default_factory=LossSchedule)
 
+    def __post_init__(self) -> None:
+        if self.case_val_every < 1:
+            raise ValueError(f"case_val_every must be at least 1, got {self.case_val_every}")
+        if self.patience < self.case_val_every:  # the criterion exists only at case-level passes
+            raise ValueError(f"patience ({self.patience}) must be at least case_val_every ({self.case_val_every}): early stopping would stop "
+                             "before the next case-level pass could measure an improvement")
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MultitaskSettings":
         """Build from a plain mapping (profile parameters or the JSON file); unknown keys are an error."""

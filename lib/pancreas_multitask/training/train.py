@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io import write_json
+from ..io import remove_stale_temporaries, write_json
 from ..model.calibration import Calibration
 from ..model.folders import AGREEMENT_FILE, CASE_VALIDATION_FILE, CONFIGURATION, DONE_FILE, METRICS_FILE, SELECTED_CHECKPOINT, TRAINER_NAME
 from ..model.settings import MultitaskSettings
@@ -117,6 +117,8 @@ def train(
     done.unlink(missing_ok=True)  # from here on the fold is not finished
     for stale in (PP_PICKLE, PP_JSON, PP_CASES):  # an older model's postprocessing must not outlive it
         (output / stale).unlink(missing_ok=True)
+    if output.is_dir():  # what a killed run left half-written (e.g. a checkpoint); only this training writes here
+        remove_stale_temporaries(output, older_than_s=0)
 
     seed_everything(settings.seed)
     if num_gpus > 1:
@@ -160,17 +162,22 @@ def selection_summary(workspace: Workspace, result: TrainingResult) -> dict[str,
         "selected checkpoint": result.selected_checkpoint.name,
         "selected at epoch": best,
         "selected on": f"fold {workspace.fold}: {workspace.selection_split()} ({n_val} cases)",
-        "criterion": round(float(row["val_criterion"]), 4),
-        "case-level macro-F1 (val)": round(float(row["val_macro_f1"]), 4),
-        "case-level accuracy (val)": round(float(row["val_accuracy"]), 4),
+        "criterion": _rounded(row["val_criterion"]),
+        "case-level macro-F1 (val)": _rounded(row["val_macro_f1"]),  # None: not measured (one subtype)
+        "case-level accuracy (val)": _rounded(row["val_accuracy"]),
         **case_level_chance(result.output_folder, best, list(workspace.manifest.subtypes)),
-        **{f"pseudo-Dice {name} (val patches)": round(float(row[f"pseudo_dice_{name}"]), 4) for name in pseudo},
+        **{f"pseudo-Dice {name} (val patches)": _rounded(row[f"pseudo_dice_{name}"]) for name in pseudo},
         **{f"full-volume Dice {name} (val, nnU-Net)": round(dice, 4) for name, dice in full_volume.items()},
         "postprocessing (nnU-Net, chosen on the selection split)": describe(load_postprocessing(result.output_folder / PP_PICKLE)) if result.postprocessing else "not determined",
         "subtype temperature (fitted on the selection split)": _temperature(result.output_folder),
         "training pass vs deployed estimator (same subtype, val)": f"{agreement['same_subtype']}/{agreement['cases']} ({agreement['deployed_estimator'].split(':')[0]})" if agreement else "not checked",
         "stopped because": result.stop_reason,
     }
+
+
+def _rounded(value: float) -> float | None:
+    """A value for train.json: 4 decimals, None for NaN (strict JSON has no NaN)."""
+    return None if pd.isna(value) else round(float(value), 4)
 
 
 def case_level_chance(fold_folder: Path, epoch: int, class_names: list[str]) -> dict[str, str]:

@@ -129,7 +129,7 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         self.cls_loss = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device))
         message = f"subtype counts in the training split: {counts.tolist()}; class weights: {np.round(weights, 4).tolist()}"
         if not self.classification_measurable():
-            message += ("\nthe validation cases hold one subtype only: macro-F1 cannot be measured, so the checkpoint "
+            message += ("\nthe selection cases (this fold's validation cases) hold one subtype only: macro-F1 cannot be measured, so the checkpoint "
                         "is selected on the EMA pseudo-Dice alone")
         self.print_to_log_file(message, also_print_to_console=False)
         print(message, flush=True)
@@ -254,7 +254,7 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         if not self.settings.calibrate:
             calibration = Calibration(fitted_on="not fitted (calibrate: false)")
         elif not self.classification_measurable():
-            calibration = Calibration(fitted_on="not fitted (the validation cases hold one subtype)")
+            calibration = Calibration(fitted_on="not fitted (the selection cases hold one subtype)")
         else:
             keys = sorted(deployed)
             calibration = fit_temperature(np.stack([deployed[k] for k in keys]), [self._subtype(k) for k in keys],
