@@ -13,7 +13,7 @@ Dice instead; every other Dice is the same.
 
 **Lesion detection** is lesion-wise, so that over-segmentation cannot game it: each connected component
 (26-connectivity) of the true lesion counts as found when its Dice with the predicted lesion components
-that touch it reaches ``DETECTION_MIN_DICE`` (0.1; a single voxel of overlap is not a hit). A predicted
+that touch it reaches ``DETECTION_MIN_DICE`` (0.1, not at any overlap). A predicted
 lesion component that touches no true lesion voxel is a **false-positive component**. A case's lesion
 counts as detected when at least one of its true components is found (cases without a true lesion have
 no detection value).
