@@ -64,7 +64,7 @@ def _run(run: str) -> tuple[dict, Path]:
 def _split_line(run: str, split: str, metrics: dict) -> str:
     record, _ = _run(run)
     splits = metrics["splits"]
-    chose = ("the cases it was trained on" if splits.get("evaluated_is_training") else "the same cases: optimistic" if splits["evaluated_is_selection"]
+    chose = ("the cases it was trained on" if splits["evaluated_is_training"] else "the same cases: optimistic" if splits["evaluated_is_selection"]
              else "cases that chose nothing")
     return (f"Run `{run}` (profile `{record['profile']}`, revision `{record['git_revision'][:12]}`), {split} split, "
             f"{metrics['n_ground_truth_cases']} cases ({chose}); checkpoint, postprocessing and temperature chosen on: {splits['selection']}.")

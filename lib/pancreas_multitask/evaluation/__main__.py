@@ -60,7 +60,7 @@ def summary_lines(summary: dict, written: list[Path]) -> list[str]:
     splits = summary["splits"]
     lines = [f"cases: {summary['n_ground_truth_cases']} in the ground truth, {summary['segmentation']['dsc_pancreas']['n']} with a predicted mask",
              f"chosen on: {splits['selection']}; evaluated: {splits['evaluated']}"
-             + (" (the cases it was trained on: nothing is decided)" if splits.get("evaluated_is_training") else " (the same cases: optimistic)" if splits["evaluated_is_selection"] else "")]
+             + (" (the cases it was trained on: nothing is decided)" if splits["evaluated_is_training"] else " (the same cases: optimistic)" if splits["evaluated_is_selection"] else "")]
     for target in summary["targets"].values():
         lines.append(f"{target['label']}: {fmt(target['value'])} {fmt_ci(target['ci95'])} (target >= {target['threshold']:.2f}, {target['n']} cases) "
                      f"{target['verdict'].upper()}: {target['reason']}")

@@ -276,14 +276,15 @@ def _surface(result: EvaluationResult) -> dict[str, Any] | None:
 
 def detection_texts(detection: Mapping[str, Any]) -> dict[str, str]:
     """The lesion-wise detection in words: cases found, components found, false-positive components per case."""
+    fp = detection["fp_components_ci95"]
+    fp_text = "n/a" if fp is None else (f"{fmt(detection['fp_components_per_case'], 2)} [{fmt(fp[0], 2)}, {fmt(fp[1], 2)}] "
+                                         f"per case ({detection['fp_components_total']} in {detection['fp_cases']} cases)")
     if detection["rate"] is None:
-        return {"detection_text": "n/a (no case with a true lesion)", "components_text": "n/a", "fp_text": "n/a" if detection["fp_components_per_case"] is None else
-                f"{fmt(detection['fp_components_per_case'], 2)} [{fmt(detection['fp_components_ci95'][0], 2)}, {fmt(detection['fp_components_ci95'][1], 2)}]"}
+        return {"detection_text": "n/a (no case with a true lesion)", "components_text": "n/a", "fp_text": fp_text}
     return {
         "detection_text": f"{fmt(detection['rate'])} {fmt_ci(detection['ci95'])} ({detection['detected']} of {detection['n']} cases)",
         "components_text": f"{fmt(detection['component_sensitivity'])} {fmt_ci(detection['component_sensitivity_ci95'])} ({detection['components_detected']} of {detection['components']} components)",
-        "fp_text": (f"{fmt(detection['fp_components_per_case'], 2)} [{fmt(detection['fp_components_ci95'][0], 2)}, {fmt(detection['fp_components_ci95'][1], 2)}] "
-                    f"per case ({detection['fp_components_total']} in {detection['fp_cases']} cases)"),
+        "fp_text": fp_text,
     }
 
 
@@ -369,7 +370,7 @@ def _write_report(result: EvaluationResult, output_html: Path, training_metrics,
         "title": f"Evaluation: {summary['splits']['evaluated'] or 'predictions'}",
         "splits": _splits_line(summary["splits"]),
         "optimistic": summary["splits"]["evaluated_is_selection"],
-        "trained": summary["splits"].get("evaluated_is_training", False),
+        "trained": summary["splits"]["evaluated_is_training"],
         "data_note": data_note,
         "n_ground_truth": summary["n_ground_truth_cases"],
         "n_segmentation": segmentation["dsc_pancreas"]["n"],
