@@ -26,7 +26,7 @@ from pancreas_multitask.training.train import train
 from pancreas_multitask.workspace import Workspace
 from pancreas_multitask.model.settings import HeadConfig, MultitaskSettings
 
-from conftest import snapshot
+from conftest import break_spacing, snapshot
 from pancreas_multitask.model.calibration import Calibration, apply_temperature
 
 
@@ -129,6 +129,21 @@ def test_a_truncated_image_is_named_not_predicted(predictor, tiny_phantom: Path,
     assert report.predicted == [] and len(report.failed) == 1
     assert str(truncated) in report.failed[0] and "incomplete or corrupt file" in report.failed[0]
     assert not (tmp_path / "out" / "quiz_900.nii.gz").exists()
+
+
+def test_a_test_image_without_slice_spacing_fails_and_the_others_are_predicted(predictor, tiny_phantom: Path, tmp_path: Path) -> None:
+    predictor.use_mirroring = False
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sources = input_cases(tiny_phantom / "quiz" / "test")[:2]
+    for _, source in sources:
+        shutil.copy(source, folder / source.name)
+    broken = folder / sources[0][1].name
+    break_spacing(broken)
+    report = predict_cases(predictor, input_cases(folder), tmp_path / "out")
+    assert report.predicted == [sources[1][0]] and len(report.failed) == 1
+    assert str(broken) in report.failed[0] and "voxel spacing of axis k (z, slices) is 0" in report.failed[0]
+    assert not (tmp_path / "out" / f"{sources[0][0]}.nii.gz").exists()
 
 
 def test_temporaries_of_a_killed_run_are_ignored_and_cleaned(predictor, tiny_phantom: Path, tmp_path: Path) -> None:
@@ -242,8 +257,12 @@ def test_tile_batching_changes_nothing_but_speed(model, real_case_dir: Path, tin
     logits_one, properties, probs_one = one.predict_logits(image)
     logits_four, _, probs_four = four.predict_logits(image)
     assert len(one._tiles[0]) > len(four._tiles[0]) > 1  # several tiles, fewer forward passes
-    # the same numbers up to float rounding (batched convolutions sum in another order; fp16 accumulation)
-    np.testing.assert_allclose(logits_one.float().numpy(), logits_four.float().numpy(), atol=1e-2)
+    # the same numbers up to float rounding: batched convolutions sum in another order (the kernel oneDNN picks
+    # differs between CPUs) and the tiles are accumulated in fp16 (ulp 0.004 at |logit| 4), so a rare voxel may
+    # differ by a few ulps. A misplaced tile or flip would change whole blocks by O(1).
+    difference = np.abs(logits_one.float().numpy() - logits_four.float().numpy())
+    assert difference.max() < 0.1, difference.max()
+    assert (difference > 1e-2).mean() < 1e-4, (difference > 1e-2).sum()
     np.testing.assert_allclose(probs_one, probs_four, atol=1e-5)
     same = one.export_segmentation(logits_one, properties) == four.export_segmentation(logits_four, properties)
     assert same.mean() > 0.999  # an untrained model sits near the threshold, so a few voxels may flip
