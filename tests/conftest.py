@@ -106,3 +106,21 @@ def tiny_prepared(tiny_phantom: Path, manifest: Manifest, tmp_path_factory: pyte
     os.environ["nnUNet_n_proc_DA"] = "1"  # configure_nnunet sizes it to the cores; one worker is enough here
     prepare(Workspace(manifest, paths, CPU_PLANS), {"cpu_plan": {"patch_size": [16, 32, 32], "max_features": 32}, "num_processes": 2})
     return paths
+
+
+def break_spacing(path: Path, where: str = "pixdim", axis: int = 2) -> None:
+    """Write ``path`` back with stored axis ``axis`` given no spacing, byte-exactly (nibabel's writer would repair it):
+    ``pixdim``: pixdim[axis + 1] = 0 with qform_code = sform_code = 0, as some exporters write it; ``sform``: the sform's
+    column ``axis`` zeroed (sform_code kept)."""
+    import gzip
+    import struct
+
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    assert struct.unpack("<i", data[0:4])[0] == 348, "a little-endian NIfTI-1 header"
+    if where == "pixdim":
+        struct.pack_into("<f", data, 76 + 4 * (axis + 1), 0.0)
+        struct.pack_into("<hh", data, 252, 0, 0)  # qform_code, sform_code
+    else:
+        for row in (280, 296, 312):  # srow_x, srow_y, srow_z
+            struct.pack_into("<f", data, row + 4 * axis, 0.0)
+    path.write_bytes(gzip.compress(bytes(data)))

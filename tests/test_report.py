@@ -141,6 +141,15 @@ def test_missing_optional_inputs_say_not_available(evaluated, tmp_path: Path) ->
     assert "Not available (the per-epoch file lacks the column" in text
 
 
+def test_problems_of_the_scan_are_listed_with_their_files(evaluated, tmp_path: Path) -> None:
+    _, result = evaluated
+    assert "Problems the raw-data scan found" not in write_report(result, tmp_path / "r.html").read_text()
+    problem = f"{tmp_path / 'quiz' / 'train' / 'subtype0' / 'quiz_0_001.nii.gz'}: the mask has pancreas but no lesion (label 2)"
+    text = html.unescape(write_report(result, tmp_path / "r.html", scan_problems=[problem], display_roots=(tmp_path,)).read_text())
+    assert "Problems the raw-data scan found (1)" in text
+    assert "<code>quiz/train/subtype0/quiz_0_001.nii.gz</code>: the mask has pancreas but no lesion (label 2)" in text
+
+
 def test_fmt_and_template_are_packaged(repo: Path) -> None:
     assert fmt(0.91) == "0.910" and fmt(None) == "n/a" and fmt(float("nan")) == "n/a" and fmt(7) == "7"
     assert fmt_ci([0.1, 0.23456]) == "[0.100, 0.235]" and fmt_ci(None) == "n/a"

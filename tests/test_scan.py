@@ -12,7 +12,7 @@ import pytest
 from pancreas_multitask.dataset.phantom import MASK_QUIRK
 from pancreas_multitask.dataset.scan import DataValidationError, scan_raw
 
-from conftest import TINY, snapshot
+from conftest import TINY, break_spacing, snapshot
 
 
 def _first(raw: Path, kind: str = "image") -> Path:
@@ -204,3 +204,34 @@ def test_case_in_two_splits_is_reported_and_left_out(raw_copy: Path, manifest) -
     with pytest.warns(UserWarning, match="also appears"):
         result = scan_raw(raw_copy, manifest, on_bad_case="skip")
     assert image.name.removesuffix("_0000.nii.gz") not in set(result.frame().case_id)
+
+
+@pytest.mark.parametrize(("split", "kind", "where"), [("train", "image", "pixdim"), ("validation", "mask", "pixdim"), ("train", "image", "sform")])
+def test_a_missing_voxel_spacing_is_named_with_its_axis(raw_copy: Path, manifest, split: str, kind: str, where: str) -> None:
+    """nibabel and SimpleITK read a zero slice spacing as 1 mm without a word; the scan reads the header's own bytes."""
+    folder = sorted((raw_copy / split).glob("subtype*"))[0]
+    path = sorted(folder.glob("quiz_*_0000.nii.gz" if kind == "image" else "quiz_?_???.nii.gz"))[0]
+    break_spacing(path, where)
+    if where == "pixdim":
+        assert nib.load(str(path)).header.get_zooms()[2] == 1.0  # what a reader would have used
+    _scan_fails(raw_copy, manifest, str(path), "voxel spacing of axis k (z, slices) is 0", "sform" if where == "sform" else "pixdim")
+
+
+def test_a_zero_spacing_in_a_test_image_stops_the_scan(raw_copy: Path, manifest) -> None:
+    path = sorted((raw_copy / "test").iterdir())[0]
+    break_spacing(path)
+    _scan_fails(raw_copy, manifest, str(path), "axis k (z, slices)", "re-export it")
+
+
+@pytest.mark.parametrize(("keep", "reason"), [((), "no foreground at all"), ((1,), "pancreas but no lesion")])
+def test_a_labelled_case_without_lesion_is_named_and_skip_drops_it(raw_copy: Path, manifest, keep: tuple[int, ...], reason: str) -> None:
+    mask = _first(raw_copy, "mask")
+    img = nib.load(str(mask))
+    labels = np.rint(np.asarray(img.dataobj))
+    nib.save(nib.Nifti1Image(np.where(np.isin(labels, keep), labels, 0).astype(np.float32), img.affine), str(mask))
+    _scan_fails(raw_copy, manifest, str(mask), reason)
+    with pytest.warns(UserWarning, match=reason):
+        result = scan_raw(raw_copy, manifest, "skip")
+    case_id = mask.name.removesuffix(".nii.gz")
+    assert result.skipped == [case_id] and case_id not in {c.case_id for c in result.cases}
+    assert any(reason in str(p) for p in result.problems)

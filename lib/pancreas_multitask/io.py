@@ -45,14 +45,45 @@ class Volume:
 
 
 def read_header(path: Path) -> nib.Nifti1Image:
-    """Open a NIfTI file lazily; VolumeError names the file when it cannot be parsed or is not 3D."""
+    """Open a NIfTI file lazily; VolumeError names the file when it cannot be parsed, is not 3D, or its header's
+    own voxel spacing is missing or invalid (``header_spacing_problems``)."""
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many kinds for a corrupt file
         raise VolumeError(f"{path}: unreadable NIfTI file ({exc})") from exc
     if len(img.shape) != 3:
         raise VolumeError(f"{path}: expected a 3D volume, got shape {img.shape}")
+    problems = header_spacing_problems(path, type(img.header))
+    if problems:
+        raise VolumeError(f"{path}: {'; '.join(problems)}. Readers silently replace such a spacing with 1 mm, so the case would be "
+                          "resampled and trained at an invented geometry; re-export it with its true voxel spacing")
     return img
+
+
+AXES = ("i (x)", "j (y)", "k (z, slices)")  # the stored voxel axes, as pixdim[1..3] and the affine's columns name them
+
+
+def header_spacing_problems(path: str | os.PathLike[str], header_class: type = nib.Nifti1Header) -> list[str]:
+    """What is wrong with the voxel spacing the header itself stores, read without nibabel's repairs (it sets a
+    zero pixdim to 1 and logs that only): a zero, negative or non-finite ``pixdim[1..3]``; with ``qform_code`` set,
+    non-finite quaternion parameters; with ``sform_code`` set, an sform axis of zero or non-finite length."""
+    path = Path(path)
+    with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as handle:
+        header = header_class.from_fileobj(handle, check=False)
+    problems = []
+    for axis, value in zip(AXES, np.asarray(header["pixdim"][1:4], dtype=float)):
+        if not np.isfinite(value) or value <= 0:
+            problems.append(f"voxel spacing of axis {axis} is {value:g} in the header (pixdim)")
+    if int(header["qform_code"]) > 0:
+        quaternion = [float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")]
+        if not np.all(np.isfinite(quaternion)):
+            problems.append(f"the qform (code {int(header['qform_code'])}) holds non-finite parameters {quaternion}")
+    if int(header["sform_code"]) > 0:
+        rows = np.stack([np.asarray(header[k], dtype=float)[:3] for k in ("srow_x", "srow_y", "srow_z")])
+        for axis, length in zip(AXES, np.sqrt((rows ** 2).sum(axis=0))):
+            if not np.isfinite(length) or length <= 0:
+                problems.append(f"voxel spacing of axis {axis} is {length:g} in the sform (code {int(header['sform_code'])})")
+    return problems
 
 
 def check_complete(path: Path) -> nib.Nifti1Image:

@@ -225,7 +225,21 @@ def _check_mask(mask: Volume, image: Volume) -> list[Problem]:
     if bad.any():
         examples = ", ".join(f"{v:.6g}" for v in np.unique(values[bad])[:5])
         problems.append(Problem(mask.path, f"{int(bad.sum())} mask voxel(s) not within {MASK_TOLERANCE} of a label in {{0, 1, 2}} (e.g. {examples})"))
+    else:
+        problems.extend(_check_content(mask.path, rounded))
     return problems
+
+
+def _check_content(path: Path, labels: np.ndarray) -> list[Problem]:
+    """A labelled case must show a lesion (label 2): every one of the 281 public quiz masks has pancreas and lesion,
+    and the subtype head pools over the lesion. A mask without them is an export error, not a case to learn from."""
+    present = set(np.unique(labels).astype(int).tolist())
+    if not present & {1, 2}:
+        return [Problem(path, "the mask has no foreground at all (no pancreas, no lesion): an empty or wrongly exported label map")]
+    if 2 not in present:
+        return [Problem(path, "the mask has pancreas but no lesion (label 2): the subtype of a case without a lesion cannot be learnt; "
+                              "check the export (a lesion merged into label 1?)")]
+    return []
 
 
 def scan_raw(raw: str | Path, manifest: Manifest, on_bad_case: OnBadCase | None = None) -> ScanResult:
@@ -280,6 +294,11 @@ def write_case_table(path: Path, result: ScanResult) -> None:
     """The usable cases (and what the scan left out, and why) as the record later stages read."""
     cases = [{**asdict(c), "image": str(c.image), "mask": None if c.mask is None else str(c.mask)} for c in result.cases]
     write_json(path, {"cases": cases, "skipped": result.skipped, "problems": [str(p) for p in result.problems]})
+
+
+def read_scan_problems(path: Path) -> list[str]:
+    """The problems ``write_case_table`` recorded (each names its file); empty when there is no case table."""
+    return list(json.loads(path.read_text()).get("problems", [])) if path.is_file() else []
 
 
 def read_case_table(path: Path) -> list[Case]:

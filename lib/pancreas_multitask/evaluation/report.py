@@ -336,6 +336,7 @@ def write_report(
     worst_n: int = 3,
     display_roots: Sequence[str | os.PathLike[str]] = (),
     data_note: str = "",
+    scan_problems: Sequence[str] = (),
 ) -> Path:
     """Render the report to ``output_html`` (atomically) and return its path.
 
@@ -344,17 +345,18 @@ def write_report(
     ``collect_provenance``. Which split chose and which is evaluated come from the result (``summary["splits"]``).
     The worst cases are ordered by the lower of their two DSCs. Absolute paths under
     ``display_roots`` (the repository) are shown relative to them. ``data_note``: a warning on the first screen
-    (the synthetic phantom's numbers are not results on CT).
+    (the synthetic phantom's numbers are not results on CT). ``scan_problems``: what the raw-data scan found wrong
+    (``raw_cases.json``), each naming its file; under ``on_bad_case: skip`` those cases were left out.
     """
     token = DISPLAY_ROOTS.set(tuple(Path(r).resolve() for r in display_roots))
     try:
-        return _write_report(result, Path(output_html), training_metrics, inference, benchmark, provenance, worst_n, data_note)
+        return _write_report(result, Path(output_html), training_metrics, inference, benchmark, provenance, worst_n, data_note, scan_problems)
     finally:
         DISPLAY_ROOTS.reset(token)
 
 
 def _write_report(result: EvaluationResult, output_html: Path, training_metrics, inference, benchmark,
-                  provenance: Mapping[str, Any] | None, worst_n: int, data_note: str) -> Path:
+                  provenance: Mapping[str, Any] | None, worst_n: int, data_note: str, scan_problems: Sequence[str] = ()) -> Path:
     summary = result.summary
     inference_data, inference_missing = _load_json(inference)
     benchmark_data, benchmark_missing = _load_json(benchmark)
@@ -380,6 +382,7 @@ def _write_report(result: EvaluationResult, output_html: Path, training_metrics,
         "bootstrap": summary["bootstrap"],
         "missing": summary["missing_predictions"],
         "unexpected": summary["unexpected_predictions"],
+        "scan_problems": list(scan_problems),
         "sources": summary["sources"],
         "classification": _classification(result),
         "temperatures": _temperatures(inference_data),

@@ -18,6 +18,7 @@ from ..model.folders import METRICS_FILE, SUBTYPE_CSV
 from ..postprocessing import UNPROCESSED
 from ..workspace import Workspace
 from .evaluate import METRICS_JSON, EvaluationResult, evaluate_folder
+from ..dataset.scan import read_scan_problems
 from ..dataset.ground_truth import ANSWER_KEY_MASKS, GroundTruthCase, read_answer_key, read_quiz_layout
 from .report import write_report
 
@@ -102,6 +103,7 @@ def evaluate(workspace: Workspace, params: Mapping[str, Any], report_dir: Path, 
             training_metrics=training_metrics if training_metrics.is_file() else None,
             inference=workspace.record("inference"), benchmark=benchmark if benchmark is not None and benchmark.is_file() else None,
             provenance=provenance, worst_n=int(params.get("worst_n", 3)), display_roots=(workspace.manifest.path.parent,), data_note=data_note(workspace.paths.raw),
+            scan_problems=read_scan_problems(workspace.case_table),
         )
         for split, result in results.items()
     }
