@@ -85,35 +85,14 @@ def budget(args: argparse.Namespace) -> dict:
             "loss_schedule": {"start": [0.5, 0.5], "end": [0.5, 0.5], "phase1_epochs": 0, "ramp_epochs": 1}}
 
 
-def seed_mean_f1(truth, predicted_per_seed, num_classes: int, idx):
-    """(B,) macro-F1 averaged over seeds, for each row of resampled case indices ``idx`` (B, n)."""
-    import numpy as np
-
-    from pancreas_multitask.evaluation.metrics import macro_f1_batch
-
-    return np.mean([macro_f1_batch(truth[idx], np.asarray(p)[idx], num_classes) for p in predicted_per_seed], axis=0)
-
-
 def summarise(name: str, truth, predicted_per_seed, num_classes: int, reference=None) -> dict:
-    """Mean-over-seeds test macro-F1 and accuracy with bootstrap CIs, per-seed values, paired difference to ``reference``."""
-    import numpy as np
-    from sklearn.metrics import accuracy_score
+    """Mean-over-seeds test macro-F1 and accuracy with bootstrap CIs, per-seed values, paired difference to ``reference``
+    (``learnability.seed_summary``, which the learnability study shares)."""
+    from pancreas_multitask.evaluation.learnability import seed_summary
 
-    from pancreas_multitask.evaluation.metrics import bootstrap_ci, macro_f1
-
-    truth = np.asarray(truth)
-    f1 = [macro_f1(truth, p, num_classes) for p in predicted_per_seed]
-    acc = [float(accuracy_score(truth, p)) for p in predicted_per_seed]
-    row = {
-        "variant": name, "seeds": len(predicted_per_seed), "macro_f1": float(np.mean(f1)), "macro_f1_per_seed": f1,
-        "macro_f1_ci95": list(bootstrap_ci(lambda idx: seed_mean_f1(truth, predicted_per_seed, num_classes, idx), len(truth))),
-        "accuracy": float(np.mean(acc)), "accuracy_per_seed": acc,
-        "accuracy_ci95": list(bootstrap_ci(lambda idx: np.mean([(np.asarray(p)[idx] == truth[idx]).mean(axis=1) for p in predicted_per_seed], axis=0), len(truth))),
-    }
-    if reference is not None:
-        row["delta_macro_f1_vs_seed_variant"] = row["macro_f1"] - float(np.mean([macro_f1(truth, p, num_classes) for p in reference]))
-        row["delta_macro_f1_ci95"] = list(bootstrap_ci(
-            lambda idx: seed_mean_f1(truth, predicted_per_seed, num_classes, idx) - seed_mean_f1(truth, reference, num_classes, idx), len(truth)))
+    row = {"variant": name, **seed_summary(truth, predicted_per_seed, num_classes, reference)}
+    if "delta_macro_f1" in row:
+        row["delta_macro_f1_vs_seed_variant"] = row.pop("delta_macro_f1")
     return row
 
 
@@ -217,16 +196,12 @@ def verdict(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
-    from pancreas_multitask.manifest import load_manifest
-    from pancreas_multitask.profiles import load_parameters
-    from pancreas_multitask.runtime import configure_nnunet, detect_device, git_revision, library_versions
+    from phantom_work import phantom_setup
 
-    params = load_parameters(REPO / "notebooks" / "params", args.profile)
-    manifest = load_manifest(REPO / "data_manifest.yaml")
-    work = args.work.resolve()
-    paths = replace(manifest.paths(args.profile), raw=work / "quiz", test_answers=work / "test_answers", work=work, results=work / "nnUNet_results")
-    device = detect_device(args.device)
-    configure_nnunet(paths, device)
+    from pancreas_multitask.runtime import git_revision, library_versions
+
+    params, manifest, paths, device = phantom_setup(args.profile, args.work, args.device)
+    work = paths.work
 
     import numpy as np
     import torch

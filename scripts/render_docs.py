@@ -12,6 +12,7 @@ A block is the text between ``<!-- render:KIND ARG ... -->`` and ``<!-- /render:
 * ``train RUN``: the training record (``train.json``): which checkpoint, chosen where, with what;
 * ``benchmark NAME``: ``benchmarks/results/NAME.md`` as its script wrote it, with the date and revision from ``NAME.json``;
 * ``heads-chance``: the chance line and the answers per subtype of every head in ``classification_heads_cpu.json``;
+* ``learnability [NAME]``: the learnability study's headline (``evaluation.learnability.headline``) from ``NAME.json``;
 * ``profiles demo=RUN realct=RUN``: the profiles, their cases (from their parameters or the run's records) and the quoted runs' time.
 
 A run is published with ``scripts/publish_run.py``; ``tests/test_docs.py`` runs ``--check``.
@@ -210,9 +211,18 @@ def render_profiles(**runs: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_learnability(name: str = "classification_learnability_cpu") -> str:
+    """The learnability study's headline (``learnability.headline``) from ``benchmarks/results/NAME.json``."""
+    from pancreas_multitask.evaluation.learnability import headline
+
+    result = _json(RESULTS / f"{name}.json")
+    text = headline(result) or "No network run of the study has finished yet."
+    return f"`benchmarks/results/{name}.json` ({result['date']}, revision `{result['git_revision'][:12]}`): {text}\n"
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     "targets": render_targets, "details": render_details, "times": render_times, "train": render_train,
-    "benchmark": render_benchmark, "heads-chance": render_heads_chance, "profiles": render_profiles,
+    "benchmark": render_benchmark, "heads-chance": render_heads_chance, "profiles": render_profiles, "learnability": render_learnability,
 }
 
 

@@ -13,7 +13,8 @@ import pytest
 from scipy import ndimage
 
 from pancreas_multitask.dataset.phantom import (
-    LESION_FRACTION_FLOOR, MASK_QUIRK, REAL_QUIZ, PhantomConfig, draw_lesion_fraction, ensure_phantom, generate_case,
+    LESION_FRACTION_FLOOR, MASK_QUIRK, REAL_QUIZ, PhantomConfig, _plan, draw_lesion_fraction, ensure_phantom, generate_case,
+    read_generator_truth,
 )
 from pancreas_multitask.evaluation.baselines import lesion_features, lesion_probe, mean_hu_baseline, mean_lesion_hu
 
@@ -44,6 +45,24 @@ def test_answer_key_lies_outside_the_test_folder(tiny_phantom: Path) -> None:
     for row in rows:
         assert (tiny_phantom / "test_answers" / "masks" / row["Names"]).is_file()
     assert not list((tiny_phantom / "quiz" / "test").glob("quiz_???.nii.gz"))
+
+
+def test_the_answers_hold_every_case_s_drawn_look(tiny_phantom: Path) -> None:
+    """The generator truth (learnability study): one row per case in every split, with the look the case was painted from."""
+    rows = read_generator_truth(tiny_phantom / "test_answers")
+    raw = tiny_phantom / "quiz"
+    on_disk = {p.name.removesuffix("_0000.nii.gz") for p in raw.rglob("*_0000.nii.gz")}
+    assert {r["case"] for r in rows} == on_disk and len(rows) == len(on_disk)
+    for index, (case_id, split, subtype) in enumerate(_plan(TINY)):
+        if index % 4:  # a few cases are regenerated, enough to catch a row written for another case
+            continue
+        row = next(r for r in rows if r["case"] == case_id)
+        case = generate_case(case_id, split, subtype, TINY, np.random.default_rng([TINY.seed, 1, index]))
+        assert (row["split"], row["subtype"], row["components"]) == (split, subtype, case.components)
+        assert row["contrast"] == pytest.approx(case.look.contrast) and row["septa"] == case.look.septa
+        assert np.isnan(row["rim"]) == (case.look.rim is None)
+    with pytest.raises(FileNotFoundError, match="generator truth"):
+        read_generator_truth(raw)
 
 
 def test_generation_is_deterministic(tiny_phantom: Path, tmp_path: Path) -> None:

@@ -141,13 +141,16 @@ def test_missing_optional_inputs_say_not_available(evaluated, tmp_path: Path) ->
     assert "Not available (the per-epoch file lacks the column" in text
 
 
-def test_problems_of_the_scan_are_listed_with_their_files(evaluated, tmp_path: Path) -> None:
+def test_problems_of_the_scan_and_the_study_note_are_shown(evaluated, tmp_path: Path) -> None:
     _, result = evaluated
     assert "Problems the raw-data scan found" not in write_report(result, tmp_path / "r.html").read_text()
     problem = f"{tmp_path / 'quiz' / 'train' / 'subtype0' / 'quiz_0_001.nii.gz'}: the mask has pancreas but no lesion (label 2)"
     text = html.unescape(write_report(result, tmp_path / "r.html", scan_problems=[problem], display_roots=(tmp_path,)).read_text())
     assert "Problems the raw-data scan found (1)" in text
     assert "<code>quiz/train/subtype0/quiz_0_001.nii.gz</code>: the mask has pancreas but no lesion (label 2)" in text
+    assert 'id="study-note"' not in text
+    text = write_report(result, tmp_path / "r.html", study_note="the study's headline").read_text()
+    assert "What the subtype head reaches on a larger test split of the same phantom: the study&#39;s headline" in text
 
 
 def test_fmt_and_template_are_packaged(repo: Path) -> None:

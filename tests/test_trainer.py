@@ -225,11 +225,15 @@ def test_subtype_loss_only_on_patches_that_show_the_lesion(tiny_prepared, manife
         seen = []
         loss = trainer.cls_loss
         trainer.cls_loss = lambda logits, labels: (seen.append(len(labels)), loss(logits, labels))[1]
-        trainer.train_step(batch)
+        outputs = [trainer.train_step(batch)]
         assert seen == [1]
         highest[1] = 0  # no patch shows a lesion: no classification loss at all
-        trainer.train_step(batch)
+        outputs.append(trainer.train_step(batch))
         assert seen == [1]
+        # the epoch's record counts the patches the subtype loss learnt from (what the learnability study reports)
+        assert [o["cls_patches"] for o in outputs] == [1, 0]
+        trainer.on_train_epoch_end(outputs)
+        assert trainer.logger.get_value("train_cls_patches", step=0) == 1
     finally:
         for loader in (trainer.dataloader_train, trainer.dataloader_val):
             loader._finish()

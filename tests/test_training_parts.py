@@ -164,6 +164,23 @@ def test_training_pools_over_the_ground_truth_lesion() -> None:
     assert plain.guide_from_target(labels).flatten().tolist() == [False, True, True, True]
 
 
+@pytest.mark.parametrize("fallback", ["foreground", "average"])
+def test_a_tile_without_predicted_lesion_pools_over_its_predicted_gland(fallback: str) -> None:
+    """At inference (no guide), lesion pooling falls back to the predicted gland, or to the whole tile (``fallback``)."""
+    net = build_multitask_network(None, REDUCED, 1, 2, True, HeadConfig(pooling="lesion", fallback=fallback), has_regions=True)
+    logits = torch.full((2, 2, 4, 8, 8), -5.0)  # region logits: whole pancreas, lesion
+    logits[:, 0, :2] = 5.0  # both tiles: gland in the first two slices
+    logits[0, 1, 0, :2, :2] = 5.0  # tile 0 also shows a small lesion; tile 1 none
+    weights = net.pooling_weights(logits)
+    assert torch.equal(weights[0, 0], (logits[0, 1] > 0).float())  # a predicted lesion: pooled over it alone
+    if fallback == "foreground":
+        assert torch.equal(weights[1, 0], (logits[1, 0] > 0).float())  # no lesion: the predicted gland
+    else:
+        assert weights[1].sum() == 0  # no lesion: the head pools the plain average (ClassificationHead.WEIGHT_FLOOR)
+    with pytest.raises(ValueError, match="fallback"):
+        HeadConfig(fallback="gland")
+
+
 def test_settings_from_profile_parameters(repo) -> None:
     import yaml
 

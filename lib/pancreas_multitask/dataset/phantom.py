@@ -52,7 +52,8 @@ from ..runtime import progress
 
 MASK_QUIRK = 1.0000152587890625  # a value that occurs in the real float masks
 STAMP = "phantom.json"
-PHANTOM_VERSION = 4
+PHANTOM_VERSION = 5  # 5: the answers folder also holds the generator truth (TRUTH_CSV)
+TRUTH_CSV = "generator_truth.csv"  # every case's drawn lesion look (``LesionLook``), lesion fraction and components
 PARENCHYMA_HU = 100.0  # median; each case draws its own enhancement
 ORIENTATIONS = ("LPS", "RAS", "LAS")  # nibabel axis codes used for storage
 STORAGE = ("int16_scaled", "int16", "float32")
@@ -195,6 +196,9 @@ class PhantomCase:
     storage: str
     quirk: bool
     origin: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))
+    look: LesionLook | None = None  # the latent appearance the lesion was painted from
+    lesion_fraction: float = float("nan")  # drawn share of the foreground (before satellites)
+    components: int = 1
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -336,7 +340,8 @@ def generate_case(case_id: str, split: str, subtype: int, config: PhantomConfig,
     anchor_index = int(rng.integers(8, 40))
     fraction = rng.uniform(0.15, 0.35) if config.separable_subtypes else draw_lesion_fraction(subtype, rng)
     lesion = _lesion_mask(grid, points, anchor_index, pancreas, fraction, look.edge_irregularity, rng)
-    for _ in range(draw_components(subtype, rng) - 1):  # satellites: 5-15 % of the main lesion each, nearby in the gland
+    components = draw_components(subtype, rng)
+    for _ in range(components - 1):  # satellites: 5-15 % of the main lesion each, nearby in the gland
         satellite = _satellite(grid, pancreas & ~ndimage.binary_dilation(lesion, iterations=2), lesion.sum() * rng.uniform(0.05, 0.15), spacing, rng)
         lesion |= satellite
     if look.duct:  # upstream (towards the tail) dilated main duct, part of the pancreas label
@@ -362,6 +367,9 @@ def generate_case(case_id: str, split: str, subtype: int, config: PhantomConfig,
         storage=STORAGE[int(rng.integers(len(STORAGE)))],
         quirk=bool(rng.random() < 0.5),
         origin=tuple(float(v) for v in rng.uniform(-200, 200, 3)),  # type: ignore[arg-type]
+        look=look,
+        lesion_fraction=float(fraction),
+        components=components,
     )
 
 
@@ -410,9 +418,10 @@ def _plan(config: PhantomConfig) -> list[tuple[str, str, int]]:
 
 def write_phantom(raw: Path, answers: Path, config: PhantomConfig) -> None:
     """Generate every case into ``raw`` (quiz layout) and the test answer key into ``answers``."""
-    key_rows = []
+    key_rows, truth_rows = [], []
     for index, (case_id, split, subtype) in enumerate(progress(_plan(config), "phantom", unit="case")):
         case = generate_case(case_id, split, subtype, config, np.random.default_rng([config.seed, 1, index]))
+        truth_rows.append(truth_row(case))
         img, seg = to_nifti(case)
         if split == "test":
             folder = raw / "test"
@@ -430,7 +439,40 @@ def write_phantom(raw: Path, answers: Path, config: PhantomConfig) -> None:
     writer.writerow(["Names", "Subtype"])
     writer.writerows(key_rows)
     write_text(answers / "subtype_labels.csv", buffer.getvalue())
+    write_text(answers / TRUTH_CSV, _csv_text(truth_rows))
     (raw / "test").mkdir(parents=True, exist_ok=True)
+
+
+LOOK_FIELDS = tuple(LesionLook.__dataclass_fields__)
+
+
+def truth_row(case: PhantomCase) -> dict[str, Any]:
+    """What the generator drew for one case: its split and subtype, the lesion's latent look (``rim`` empty when
+    there is none), the drawn lesion fraction and component count."""
+    if case.look is None:
+        raise ValueError(f"{case.case_id}: no lesion look recorded")
+    look = {k: ("" if v is None else float(v)) for k, v in asdict(case.look).items()}
+    return {"case": case.case_id, "split": case.split, "subtype": case.subtype, **look,
+            "lesion_fraction": round(case.lesion_fraction, 6), "components": case.components}
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def read_generator_truth(answers: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``TRUTH_CSV`` in ``answers``, typed: every look field as a float (``rim`` NaN when absent)."""
+    path = Path(answers) / TRUTH_CSV
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no generator truth (phantoms before version 5 do not write it; regenerate the phantom)")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{"case": r["case"], "split": r["split"], "subtype": int(r["subtype"]), "components": int(r["components"]),
+             "lesion_fraction": float(r["lesion_fraction"]), **{k: float(r[k]) if r[k] != "" else float("nan") for k in LOOK_FIELDS}} for r in rows]
 
 
 def _stamp(config: PhantomConfig) -> dict[str, Any]:

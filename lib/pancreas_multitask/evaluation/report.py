@@ -337,6 +337,7 @@ def write_report(
     display_roots: Sequence[str | os.PathLike[str]] = (),
     data_note: str = "",
     scan_problems: Sequence[str] = (),
+    study_note: str = "",
 ) -> Path:
     """Render the report to ``output_html`` (atomically) and return its path.
 
@@ -346,17 +347,18 @@ def write_report(
     The worst cases are ordered by the lower of their two DSCs. Absolute paths under
     ``display_roots`` (the repository) are shown relative to them. ``data_note``: a warning on the first screen
     (the synthetic phantom's numbers are not results on CT). ``scan_problems``: what the raw-data scan found wrong
-    (``raw_cases.json``), each naming its file; under ``on_bad_case: skip`` those cases were left out.
+    (``raw_cases.json``), each naming its file; under ``on_bad_case: skip`` those cases were left out. ``study_note``:
+    beside the macro-F1, what a larger study on the same kind of data found (the phantom's learnability study).
     """
     token = DISPLAY_ROOTS.set(tuple(Path(r).resolve() for r in display_roots))
     try:
-        return _write_report(result, Path(output_html), training_metrics, inference, benchmark, provenance, worst_n, data_note, scan_problems)
+        return _write_report(result, Path(output_html), training_metrics, inference, benchmark, provenance, worst_n, data_note, scan_problems, study_note)
     finally:
         DISPLAY_ROOTS.reset(token)
 
 
 def _write_report(result: EvaluationResult, output_html: Path, training_metrics, inference, benchmark,
-                  provenance: Mapping[str, Any] | None, worst_n: int, data_note: str, scan_problems: Sequence[str] = ()) -> Path:
+                  provenance: Mapping[str, Any] | None, worst_n: int, data_note: str, scan_problems: Sequence[str] = (), study_note: str = "") -> Path:
     summary = result.summary
     inference_data, inference_missing = _load_json(inference)
     benchmark_data, benchmark_missing = _load_json(benchmark)
@@ -383,6 +385,7 @@ def _write_report(result: EvaluationResult, output_html: Path, training_metrics,
         "missing": summary["missing_predictions"],
         "unexpected": summary["unexpected_predictions"],
         "scan_problems": list(scan_problems),
+        "study_note": study_note,
         "sources": summary["sources"],
         "classification": _classification(result),
         "temperatures": _temperatures(inference_data),

@@ -9,6 +9,7 @@ and ``evaluation.json`` in the work folder.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -78,6 +79,21 @@ def data_note(folder: Path) -> str:
             "not how well it segments or classifies real CT. Real-CT numbers: the realct profile (docs/real_data.md).")
 
 
+LEARNABILITY_RESULTS = Path("benchmarks") / "results" / "classification_learnability_cpu.json"
+
+
+def phantom_study_note(repo: Path) -> str:
+    """The learnability study's headline (``learnability.headline``) from the repository's committed results, with
+    where it comes from; empty when the repository does not hold them (an installed package)."""
+    from .learnability import headline
+
+    path = repo / LEARNABILITY_RESULTS
+    if not path.is_file():
+        return ""
+    text = headline(json.loads(path.read_text()))
+    return f"{text} ({LEARNABILITY_RESULTS.as_posix()}; docs/benchmarks.md explains the study)" if text else ""
+
+
 def evaluate(workspace: Workspace, params: Mapping[str, Any], report_dir: Path, provenance: Mapping[str, Any] | None = None, benchmark: Path | None = None) -> EvaluationRecord:
     """Score every job and write its report; the main report (``evaluation.html``) is the test split's when it
     has ground truth (held out from training and every choice), otherwise the first split's."""
@@ -104,6 +120,7 @@ def evaluate(workspace: Workspace, params: Mapping[str, Any], report_dir: Path, 
             inference=workspace.record("inference"), benchmark=benchmark if benchmark is not None and benchmark.is_file() else None,
             provenance=provenance, worst_n=int(params.get("worst_n", 3)), display_roots=(workspace.manifest.path.parent,), data_note=data_note(workspace.paths.raw),
             scan_problems=read_scan_problems(workspace.case_table),
+            study_note=phantom_study_note(workspace.manifest.path.parent) if data_note(workspace.paths.raw) else "",
         )
         for split, result in results.items()
     }

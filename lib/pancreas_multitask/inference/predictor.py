@@ -109,13 +109,15 @@ def make_predictor(
     folds: Sequence[int | str] = (0,),
     checkpoint_name: str = "checkpoint_best.pth",
     postprocessing: bool = True,
+    predictor_class: type["MultitaskPredictor"] | None = None,
 ) -> "MultitaskPredictor":
     """A ready predictor for ``mode`` (``accurate``, ``fast``, ``fastest`` or explicit settings).
 
     ``postprocessing``: apply nnU-Net's postprocessing stored with the model, when it has one.
+    ``predictor_class``: a subclass of ``MultitaskPredictor`` (e.g. ``oracle.OraclePoolingPredictor``).
     """
     mode = resolve_mode(mode)
-    predictor = MultitaskPredictor(
+    predictor = (predictor_class or MultitaskPredictor)(
         mode.tile_step_size, use_mirroring=mode.use_mirroring, mode=mode,
         perform_everything_on_device=device == "cuda", device=torch.device(device), allow_tqdm=False,
     )

@@ -104,18 +104,26 @@ class MultitaskNetwork(nn.Module):
         """(B, 1, ...) predicted mask (probability > 0.5) for weighted pooling, from the segmentation logits.
 
         The hard mask matches the ground-truth masks the head is trained with; a soft map is useless
-        early in training, when the background still holds sigmoid outputs of about 0.3.
+        early in training, when the background still holds sigmoid outputs of about 0.3. Under lesion pooling
+        with ``fallback='foreground'``, a tile without predicted lesion pools over its predicted gland (which holds
+        any lesion the segmentation missed) instead of the whole tile, which the head never saw in training.
         """
         pooling = self.head.config.pooling
         if pooling == "avg":
             return None
         logits = segmentation.detach().float()
         if self.has_regions:  # channel 0: whole pancreas region, channel 1: lesion region
-            probability = torch.sigmoid(logits[:, :1] if pooling == "foreground" else logits[:, 1:2])
+            foreground, lesion = torch.sigmoid(logits[:, :1]), torch.sigmoid(logits[:, 1:2])
         else:
             probs = torch.softmax(logits, dim=1)
-            probability = 1.0 - probs[:, :1] if pooling == "foreground" else probs[:, 2:3]
-        return (probability > 0.5).float()
+            foreground, lesion = 1.0 - probs[:, :1], probs[:, 2:3]
+        if pooling == "foreground":
+            return (foreground > 0.5).float()
+        mask = (lesion > 0.5).float()
+        if self.head.config.fallback == "foreground":
+            empty = mask.flatten(1).sum(dim=1) == 0
+            mask = torch.where(empty.view(-1, *([1] * (mask.ndim - 1))), (foreground > 0.5).float(), mask)
+        return mask
 
     def forward_with_class(self, x: torch.Tensor, guide: torch.Tensor | None = None):
         """(segmentation as nnU-Net returns it, class logits); without side effects (``torch.compile`` traces it whole)

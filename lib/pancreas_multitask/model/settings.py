@@ -12,6 +12,7 @@ from ..io import write_json
 Pooling = Literal["avg", "foreground", "lesion"]
 Source = Literal["bottleneck", "encoder", "decoder"]
 Reducer = Literal["mean", "mean_std", "attention"]
+Fallback = Literal["foreground", "average"]  # lesion pooling where no lesion is predicted: the predicted gland, or the whole tile
 SETTINGS_FILE = "multitask_settings.json"
 
 
@@ -24,6 +25,9 @@ class HeadConfig:
     segmentation layer). ``pooling``: over the whole tile (``avg``), the predicted foreground or the
     predicted lesion. ``reducer``: the masked mean, mean and standard deviation (second-order statistics:
     texture), or a learned attention over the masked voxels. benchmarks/classification_heads.py compares them.
+    ``fallback`` (lesion pooling, at inference): what a tile's head pools over where no lesion is predicted in it:
+    the predicted gland (``foreground``), or the whole tile (``average``). benchmarks/classification_learnability.py
+    measures both on the same checkpoints.
     """
 
     num_classes: int = 3
@@ -33,9 +37,11 @@ class HeadConfig:
     reducer: Reducer = "mean"
     hidden: int = 128
     dropout: float = 0.3
+    fallback: Fallback = "foreground"
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("pooling", self.pooling, Pooling), ("source", self.source, Source), ("reducer", self.reducer, Reducer)):
+        for name, value, allowed in (("pooling", self.pooling, Pooling), ("source", self.source, Source), ("reducer", self.reducer, Reducer),
+                                     ("fallback", self.fallback, Fallback)):
             if value not in allowed.__args__:
                 raise ValueError(f"head {name} must be one of {list(allowed.__args__)}, got {value!r}")
         if self.source == "encoder" and not self.stages:

@@ -45,7 +45,7 @@ from pancreas_multitask.model.settings import MultitaskSettings
 from pancreas_multitask.runtime import is_headless
 from pancreas_multitask.training.schedule import best_epoch, class_weights, criterion, loss_weights, should_stop
 
-EXTRA_KEYS = ("train_seg_losses", "train_cls_losses", "w_seg", "w_cls", "val_macro_f1", "val_accuracy", "val_criterion")
+EXTRA_KEYS = ("train_seg_losses", "train_cls_losses", "train_cls_patches", "w_seg", "w_cls", "val_macro_f1", "val_accuracy", "val_criterion")
 
 
 class HeadAwarePolyLR(PolyLRScheduler):
@@ -179,12 +179,15 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy(), "seg_loss": seg_loss.detach().cpu().numpy(), "cls_loss": cls_loss.detach().cpu().numpy()}
+        return {"loss": loss.detach().cpu().numpy(), "seg_loss": seg_loss.detach().cpu().numpy(), "cls_loss": cls_loss.detach().cpu().numpy(),
+                "cls_patches": int(shows.sum())}
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
         self.logger.log("train_seg_losses", float(np.mean([o["seg_loss"] for o in train_outputs])), self.current_epoch)
         self.logger.log("train_cls_losses", float(np.mean([o["cls_loss"] for o in train_outputs])), self.current_epoch)
+        # how many patches of this epoch the subtype loss learnt from (those showing the pooled structure)
+        self.logger.log("train_cls_patches", int(sum(o["cls_patches"] for o in train_outputs)), self.current_epoch)
 
     # ---- validation -------------------------------------------------------------------------------
     def validation_mode(self) -> InferenceMode:
@@ -366,11 +369,11 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         self.stop_reason = self.early_stop_reason()
 
     def metrics_frame(self) -> pd.DataFrame:
-        """One row per finished epoch: losses, loss weights, lr, pseudo-Dice per region, F1, criterion."""
+        """One row per finished epoch: losses, patches the subtype loss learnt from, loss weights, lr, pseudo-Dice per region, F1, criterion."""
         log = self.logger.local_logger.my_fantastic_logging
         n = len(log["epoch_end_timestamps"])
         frame = pd.DataFrame({"epoch": range(n)})
-        for key in ("train_losses", "train_seg_losses", "train_cls_losses", "val_losses", "w_seg", "w_cls", "lrs", "mean_fg_dice", "ema_fg_dice", "val_macro_f1", "val_accuracy", "val_criterion"):
+        for key in ("train_losses", "train_seg_losses", "train_cls_losses", "train_cls_patches", "val_losses", "w_seg", "w_cls", "lrs", "mean_fg_dice", "ema_fg_dice", "val_macro_f1", "val_accuracy", "val_criterion"):
             frame[key] = log[key][:n]
         names = [k for k in self.dataset_json["labels"] if k != "background"]  # nnU-Net's region/label order
         for i, name in enumerate(names):
