@@ -283,7 +283,7 @@ def train_and_score(run: Run, params: dict, workspace, test_cache: dict[str, Pat
     finite = metrics["val_criterion"].dropna()
     best = int(finite.idxmax()) if len(finite) else int(len(metrics) - 1)
     del trainer
-    keep = workspace.paths.work / "checkpoints" / run.name  # the selected model, for later analyses (not committed)
+    keep = workspace.paths.results.parent / "checkpoints" / run.name  # the selected model, for later analyses (not committed)
     shutil.rmtree(keep, ignore_errors=True)
     shutil.copytree(workspace.fold_folder, keep, ignore=shutil.ignore_patterns("checkpoint_latest.pth", "checkpoint_final.pth", "validation"))
 

@@ -160,8 +160,8 @@ def test_the_headline_names_both_poolings_the_chance_line_and_the_largest_budget
     text = headline(_study_result(tmp_path))
     assert text.startswith("On the learnability study's phantom (300 train cases, 30 test cases that chose nothing)")
     demo, largest = text.split("; at ")[0], text.split("; at ")[1]
-    assert "at 600 training iterations (1 seed)" in demo and "indistinguishable from chance" in demo.split("as deployed")[0]
-    assert "2400 training iterations (1 seed) the default head reaches test macro-F1 1.000 [1.000, 1.000] as deployed" in largest
+    assert "at 600 training iterations (1 seed)" in demo and "as deployed (indistinguishable from chance: its answers shuffled" in demo
+    assert "2400 training iterations (1 seed) the default head reaches test macro-F1 1.000 [1.000, 1.000] as deployed (above chance" in largest
     assert "(the largest budget tried)" in largest and "Features of the true lesion's image allow 1.000" in text
     assert headline({"summary": []}) is None
 
@@ -175,3 +175,35 @@ def test_the_phantom_report_quotes_the_study_beside_its_f1(tmp_path: Path) -> No
     target.write_text(json.dumps(_study_result(tmp_path)))
     note = phantom_study_note(tmp_path)
     assert note.startswith("On the learnability study's phantom") and note.endswith("(benchmarks/results/classification_learnability_cpu.json; docs/benchmarks.md explains the study)")
+
+
+def test_one_study_run_trains_and_scores_three_ways(tiny_prepared, manifest, tmp_path: Path) -> None:
+    """The benchmark's run on the tiny phantom: trained with the scaled recipe, every test case classified with both
+    fallbacks and with oracle pooling, its Dice kept, the checkpoint kept, and the summary table built from the record."""
+    from dataclasses import replace
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from classification_learnability import Run, markdown, preprocess_test, summarise_runs, train_and_score
+
+    from pancreas_multitask.experiment_planning.plans import CPU_PLANS
+    from pancreas_multitask.profiles import load_parameters
+    from pancreas_multitask.runtime import configured_nnunet
+    from pancreas_multitask.workspace import Workspace
+
+    paths = replace(tiny_prepared, results=tmp_path / "nnUNet_results")
+    params = {**load_parameters(REPO / "notebooks" / "params", "demo"), "iterations_per_epoch": 2, "val_iterations_per_epoch": 1}
+    with configured_nnunet(paths, "cpu"):
+        workspace = Workspace(manifest, paths, CPU_PLANS)
+        cache = preprocess_test(workspace, tmp_path / "test_preprocessed")
+        record = train_and_score(Run("default", 2, 10_000, 0), params, workspace, cache, "cpu", 3)
+    assert record["test_cases"] == sorted(cache) and len(cache) == len(workspace.ground_truth("test")[0])
+    for key in ("test_probabilities", "test_probabilities_other_fallback", "test_oracle_probabilities"):
+        assert np.allclose(np.sum(record[key], axis=1), 1.0, atol=1e-3), key
+    assert (record["fallback"], record["other_fallback"]) == ("foreground", "average")
+    assert all(0.0 <= d <= 1.0 for d in record["test_lesion_dice"]) and 0 <= record["cls_patches_total"] <= record["patches_total"]
+    assert (tmp_path / "checkpoints" / record["name"] / "checkpoint_best.pth").is_file()
+    summary = summarise_runs([record], {"rows": {}, "fitted_on": "train", "scored_on": "test"}, 3)
+    assert summary[0]["iterations"] == 2 and summary[0]["seeds"] == [0]
+    table = markdown({"references": {"rows": {}, "fitted_on": "train", "scored_on": "test"}, "phantom": {"train": [1], "validation": [1], "test": 1, "seed": 0},
+                      "summary": summary})
+    assert "| default | 2 | 10000 | 1 |" in table

@@ -142,10 +142,13 @@ def headline(result: Mapping[str, Any], demo_iterations: int = 600, variant: str
 
     def sentence(row: Mapping[str, Any]) -> str:
         deployed = row["predicted_pooling"]
+        low, high = deployed["macro_f1_ci95"]
+        null = deployed["chance"]["permutation_null_p95"]
+        chance = (f"indistinguishable from chance: its answers shuffled over the cases reach {null:.3f} at the 95th percentile"
+                  if deployed["chance"]["indistinguishable_from_chance"] else f"above chance: its answers shuffled reach {null:.3f} at the 95th percentile")
         return (f"at {row['iterations']} training iterations ({len(row['seeds'])} seed{'s' if len(row['seeds']) != 1 else ''}) the "
-                f"{variant} head reaches test macro-F1 {_f1_text(deployed)} as deployed (chance: {deployed['chance']['permutation_null_p95']:.3f}, "
-                f"the 95th percentile of its answers shuffled), and {_f1_text(row['oracle_pooling'])} when it pools over the true lesion; "
-                f"its lesion Dice is {row['lesion_dice']:.3f}")
+                f"{variant} head reaches test macro-F1 {deployed['macro_f1']:.3f} [{low:.3f}, {high:.3f}] as deployed ({chance}), and "
+                f"{_f1_text(row['oracle_pooling'])} when it pools over the true lesion; its lesion Dice is {row['lesion_dice']:.3f}")
 
     parts = [sentence(r) for r in rows if r["iterations"] == demo_iterations]
     if rows[-1]["iterations"] != demo_iterations or not parts:
