@@ -362,6 +362,11 @@ def _f1(row: dict) -> str:
     return f"{row['macro_f1']:.3f} [{low:.3f}, {high:.3f}]{chance}"
 
 
+def _delta(row: dict) -> str:
+    low, high = row["delta_macro_f1_ci95"]
+    return f"{row['delta_macro_f1']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def markdown(result: dict) -> str:
     refs = result["references"]
     phantom = result["phantom"]
@@ -378,14 +383,15 @@ def markdown(result: dict) -> str:
     for name, row in refs["rows"].items():
         lines.append(f"| {name} | {row['description']} | {_f1(row)} | {row['chance']['permutation_null_p95']:.3f} | {row['accuracy']:.3f} |")
     lines += ["", "**Network runs** (checkpoint chosen on the validation split; test split chose nothing). Mean over seeds:", "",
-              "| head | iterations | train cases | seeds | predicted pooling (deployed) | the other fallback | oracle pooling (true lesion) "
+              "| head | iterations | train cases | seeds | predicted pooling (deployed) | the other fallback; Δ to deployed [95 % CI] | oracle pooling (true lesion) "
               "| oracle − predicted [95 % CI] | lesion Dice [95 % CI] | patches the subtype loss saw | minutes / run |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["summary"]:
         low, high = row["oracle_minus_predicted"]
-        delta = row["oracle_pooling"]["macro_f1"] - row["predicted_pooling"]["macro_f1"]
+        delta = row["oracle_pooling"]["macro_f1"] - row["predicted_pooling"]["macro_f1"]  # the paired CI: oracle_minus_predicted
         lines.append(f"| {row['variant']} | {row['iterations']} | {row['train_cases']} | {len(row['seeds'])} "
-                     f"| {_f1(row['predicted_pooling'])}, no lesion → {row['fallback']} | {_f1(row['predicted_pooling_other_fallback'])}, no lesion → {row['other_fallback']} "
+                     f"| {_f1(row['predicted_pooling'])}, no lesion → {row['fallback']} | {_f1(row['predicted_pooling_other_fallback'])}, no lesion → {row['other_fallback']}; "
+                     f"Δ {_delta(row['predicted_pooling_other_fallback'])} "
                      f"| {_f1(row['oracle_pooling'])} | {delta:+.3f} [{low:+.3f}, {high:+.3f}] "
                      f"| {row['lesion_dice']:.3f} [{row['lesion_dice_ci95'][0]:.3f}, {row['lesion_dice_ci95'][1]:.3f}] "
                      f"| {row['cls_patch_share']:.0%} | {row['minutes_training']:.1f} |")
