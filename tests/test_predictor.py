@@ -403,6 +403,15 @@ print("ok", target)
 """
 
 
+def test_a_stamp_that_vanishes_while_it_is_read_counts_as_none(tmp_path: Path, monkeypatch) -> None:
+    """A process checks the stamp without the lock while another replaces the install (CI saw one crash so):
+    the stamp may exist at one instant and be gone at the next."""
+    from pancreas_multitask.inference import model_sharing
+
+    monkeypatch.setattr(Path, "is_file", lambda self: True)  # it was there a moment ago
+    assert model_sharing._installed_from(tmp_path / "model") is None
+
+
 def test_concurrent_installs_of_one_zip_leave_every_process_a_whole_model(model, tmp_path: Path) -> None:
     """Several real processes install the same zip at once (array jobs on a cluster), twice: the second time
     the zip is newer, so each replaces the older install. None may remove the folder another has just installed."""

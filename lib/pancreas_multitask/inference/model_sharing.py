@@ -110,8 +110,12 @@ def install_model(zip_file: str | Path, results_root: str | Path) -> Path:
 
 
 def _installed_from(folder: Path) -> dict | None:
-    stamp = folder / INSTALLED_STAMP
-    return json.loads(stamp.read_text()) if stamp.is_file() else None
+    """The stamp of the zip ``folder`` was installed from, or None. Read without the lock too: another process may be
+    replacing that install right now, so a stamp that vanishes while it is read counts as none."""
+    try:
+        return json.loads((folder / INSTALLED_STAMP).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def resolve_model(model: str | Path, results_root: str | Path) -> Path:
