@@ -122,7 +122,6 @@ def main(argv: list[str] | None = None) -> None:
     params, manifest, paths, device = phantom_setup(args.profile, args.work, args.device)
     work = paths.work
 
-    import numpy as np
     import torch
 
     from pancreas_multitask.dataset.phantom import ensure_phantom, read_generator_truth
@@ -180,6 +179,7 @@ def reference_rows(work: Path, paths, truth_rows: list[dict], num_classes: int) 
     from pancreas_multitask.evaluation.learnability import CLASSIFIERS, LATENT_NAMES, fit_predict, image_features, latent_features, seed_summary
     from pancreas_multitask.evaluation.metrics import read_label_map
     from pancreas_multitask.io import load_volume, write_json
+    from pancreas_multitask.runtime import progress
 
     kept = work / "references.json"
     if kept.is_file():
@@ -198,8 +198,6 @@ def reference_rows(work: Path, paths, truth_rows: list[dict], num_classes: int) 
         image_file, mask_file = files(row)
         image, labels = load_volume(image_file).data, read_label_map(mask_file)[0]
         return mean_lesion_hu(image, labels), image_features(image, labels).tolist()
-
-    from pancreas_multitask.runtime import progress
 
     extracted = {r["case"]: features(r) for r in progress(train + test, "lesion features", unit="case")}
     rows = {}

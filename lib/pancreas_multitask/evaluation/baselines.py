@@ -28,7 +28,7 @@ PANCREAS, LESION = 1, 2
 MIN_CORE = 30  # voxels; a smaller eroded interior falls back to the whole structure
 
 
-def _core(mask: np.ndarray) -> np.ndarray:
+def interior(mask: np.ndarray) -> np.ndarray:
     """The mask without its boundary voxels (partial volume), or the mask itself when that leaves too little."""
     core = ndimage.binary_erosion(mask)
     return core if core.sum() >= MIN_CORE else mask
@@ -45,8 +45,8 @@ def lesion_features(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if not lesion.any() or not pancreas.any():
         raise ValueError("lesion features need a lesion and some pancreas in the mask")
     smooth = ndimage.gaussian_filter(image.astype(np.float32), 1.0)
-    values = smooth[_core(lesion)]
-    parenchyma = float(np.median(image[_core(pancreas)]))
+    values = smooth[interior(lesion)]
+    parenchyma = float(np.median(image[interior(pancreas)]))
     ring = ndimage.binary_dilation(lesion, iterations=2) & ~lesion
     contrast = values.mean() - parenchyma
     return np.array([values.mean(), values.std(), *np.percentile(values, [5, 25, 50, 75, 95]), contrast,

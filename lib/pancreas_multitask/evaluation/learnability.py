@@ -23,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..dataset.phantom import LOOK_FIELDS
-from .baselines import LESION, _core, lesion_features
+from .baselines import LESION, interior, lesion_features
 from .chance import collapse_warnings, permutation_null, prediction_histogram
 from .metrics import bootstrap_ci, macro_f1, macro_f1_batch
 
@@ -52,7 +52,7 @@ def glcm_features(image: np.ndarray, labels: np.ndarray, levels: int = GLCM_LEVE
     only pairs of voxels that are both inside the lesion: the grey levels run 1..``levels`` there and 0 outside,
     and the level-0 row and column are dropped before normalising.
     """
-    lesion = _core(labels == LESION)
+    lesion = interior(labels == LESION)
     if not lesion.any():
         raise ValueError("GLCM features need a lesion in the mask")
     scaled = (np.asarray(image, dtype=np.float64) - hu_range[0]) / (hu_range[1] - hu_range[0])
