@@ -23,7 +23,9 @@ passes (the heads benchmark's ``test_mode``), twice:
 and the lesion Dice of the predicted segmentation on the preprocessed grid is kept per case. The gap between
 the two F1s is what the lesion segmentation costs the classification.
 
-Resumable: each finished run is kept under ``--work``/runs; the results are rewritten after every run.
+Resumable: each finished run is kept under ``--work``/runs and the results are rewritten after every run. A fresh
+checkout (no ``--work``) resumes from the committed results: their runs on the same study phantom are written back
+under ``--work``/runs first (``restore_runs``).
 Writes ``benchmarks/results/classification_learnability_<device>.json`` and ``.md``.
 
     python benchmarks/classification_learnability.py [--budgets 600 1200 2400] [--seeds 0 1 2] [--train-cases 300]
@@ -97,6 +99,26 @@ def train_subset(table: dict[str, int], count: int) -> list[str]:
     return sorted(str(c) for k, v in order.items() for c in v[:take[k]])
 
 
+def restore_runs(results: Path, runs_dir: Path, phantom: dict) -> list[str]:
+    """Write the runs of an earlier results file back under ``runs_dir`` where they are missing, and return their
+    names. Only when that file was made on the same study phantom; otherwise none (and it says why)."""
+    from pancreas_multitask.io import write_json
+
+    if not results.is_file():
+        return []
+    earlier = json.loads(results.read_text())
+    if earlier.get("phantom") != json.loads(json.dumps(phantom)):
+        print(f"not restoring the runs of {results.name}: they were made on another study phantom")
+        return []
+    restored = []
+    for record in earlier.get("runs", []):
+        target = runs_dir / f"{record['name']}.json"
+        if not target.is_file():
+            write_json(target, record)
+            restored.append(record["name"])
+    return restored
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="demo", help="the profile whose plans and recipe are scaled")
@@ -134,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or REPO / "benchmarks" / "results" / f"classification_learnability_{device}.json"
     runs_dir = work / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
+    for name in restore_runs(out, runs_dir, phantom):
+        print(f"restored from {out.name}: {name}")
 
     references = reference_rows(work, paths, truth_rows, num_classes)
     planned = [Run(v, it, n, s) for v in args.variants for it in args.budgets for n in args.train_cases for s in args.seeds]

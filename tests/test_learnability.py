@@ -91,6 +91,26 @@ def test_the_study_recipe_is_the_demo_s_at_600_iterations_and_scales_with_the_bu
     assert train_subset(table, 1000) == sorted(table)
 
 
+def test_a_fresh_checkout_resumes_the_study_from_its_committed_results(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from classification_learnability import restore_runs
+
+    phantom = {"train": [2, 3, 2], "seed": 23}
+    runs = [{"name": "default_it600_n300_seed0", "selected_epoch": 7}, {"name": "default_it600_n300_seed1", "selected_epoch": 9}]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"phantom": phantom, "runs": runs}))
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    (runs_dir / "default_it600_n300_seed1.json").write_text(json.dumps({"name": "default_it600_n300_seed1", "selected_epoch": 11}))
+    assert restore_runs(results, runs_dir, phantom) == ["default_it600_n300_seed0"]
+    assert json.loads((runs_dir / "default_it600_n300_seed0.json").read_text()) == runs[0]
+    assert json.loads((runs_dir / "default_it600_n300_seed1.json").read_text())["selected_epoch"] == 11  # a kept run wins
+    other = tmp_path / "other_runs"
+    other.mkdir()
+    assert restore_runs(results, other, {**phantom, "seed": 24}) == [] and not list(other.iterdir())
+    assert restore_runs(tmp_path / "missing.json", other, phantom) == []
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tiny_prepared, manifest, tmp_path_factory) -> Path:
     from dataclasses import replace
