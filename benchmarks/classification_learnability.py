@@ -421,6 +421,8 @@ def markdown(result: dict) -> str:
             lines.append(f"|  | | | | collapse: {warning} | | | | | | |")
     if not result["summary"]:
         lines.append("| (no run finished yet) | | | | | | | | | | |")
+    lines += ["", "Minutes / run: the training's wall time on this machine (2 cores), mean over seeds; a run that shared the cores "
+              "with other work took longer, so compare budgets by their iterations, not by these minutes."]
     return "\n".join(lines) + "\n"
 
 
