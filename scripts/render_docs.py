@@ -72,7 +72,7 @@ def _split_line(run: str, split: str, metrics: dict) -> str:
 
 
 def render_targets(run: str, split: str) -> str:
-    from pancreas_multitask.evaluation.chance import describe
+    from pancreas_multitask.evaluation.chance import chance_note, describe
 
     metrics = _json(RUNS / run / "evaluation" / split / "metrics.json")
     classification = metrics["classification"]
@@ -85,8 +85,8 @@ def render_targets(run: str, split: str) -> str:
         lines.append(f"| {t['label']} | {value} | {_ci(t['ci95'])} | {t['n']} | ≥ {t['threshold']:.2f} | **{t['verdict']}**{why} | {chance} |")
     notes = []
     if classification:
-        if classification["chance"]["indistinguishable_from_chance"]:
-            notes.append("the macro-F1 cannot be told from chance: its CI reaches the 95th percentile of the same answers shuffled over the cases")
+        if note := chance_note(classification):
+            notes.append(note)
         notes += [f"collapsed answers: {w}" for w in classification["collapse_warnings"]]
     elif metrics.get("classification_not_assessable"):
         notes.append(f"classification not assessable: {metrics['classification_not_assessable']}")

@@ -501,6 +501,29 @@ def test_cli_on_a_quiz_layout_folder(tmp_path: Path) -> None:
     assert (out / "evaluation.html").stat().st_size > 10_000
 
 
+def test_the_prediction_csv_given_as_the_answer_key_is_refused(tmp_path: Path) -> None:
+    """Labels read from the predictions would score any classifier perfect: refused before anything is scored."""
+    quiz = make_quiz(tmp_path)
+    with pytest.raises(ValueError, match="the true subtypes would be read from the prediction CSV itself"):
+        evaluate_folder(read_quiz_layout(quiz["gt"], MANIFEST), quiz["pred"], quiz["csv"], tmp_path / "out", resamples=50, label_file=quiz["csv"])
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_seed_format_csv_is_scored_over_the_manifests_classes(tmp_path: Path) -> None:
+    """Names and Subtype only, on a split without subtype 2: the macro-F1 is over 2 of the manifest's 3 classes, not 2 of 2."""
+    quiz = make_quiz(tmp_path)
+    seed_csv = tmp_path / "seed_format.csv"
+    seed_csv.write_text("Names,Subtype\nquiz_0_001.nii.gz,0\nquiz_0_002.nii.gz,1\nquiz_1_003.nii.gz,1\nquiz_1_004.nii.gz,1\n")
+    done = run_cli("--validation_data", quiz["gt"], "--prediction_folder", quiz["pred"], "--prediction_csv", seed_csv, "--output_folder", tmp_path / "out", "--resamples", 100)
+    assert done.returncode == 0, done.stderr
+    cls = json.loads((tmp_path / "out" / "metrics.json").read_text())["classification"]
+    assert cls["class_names"] == ["subtype0", "subtype1", "subtype2"] and cls["f1_over"] == "over 2 of 3 classes (subtype2 absent from the truth)"
+    two = tmp_path / "two_classes.csv"
+    two.write_text("Names,Subtype,prob_a,prob_b\n" + "".join(f"{c}.nii.gz,0,0.5,0.5\n" for c in ("quiz_0_001", "quiz_0_002", "quiz_1_003", "quiz_1_004")))
+    refused = run_cli("--validation_data", quiz["gt"], "--prediction_folder", quiz["pred"], "--prediction_csv", two, "--output_folder", tmp_path / "out2")
+    assert refused.returncode != 0 and f"{two}: probabilities for 2 classes (a, b), but the manifest has 3" in refused.stderr
+
+
 def test_a_ci_straddling_the_target_is_undecided_in_the_cli_the_metrics_and_the_report(tmp_path: Path) -> None:
     """12 cases, whole-pancreas Dice alternating 1.0 and 0.8: mean 0.9, a CI around the 0.91 target."""
     gt, pred = tmp_path / "validation", tmp_path / "pred"

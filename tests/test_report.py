@@ -227,3 +227,19 @@ def test_one_class_answers_raise_the_collapse_warning_and_the_chance_flag(evalua
     from pancreas_multitask.evaluation.evaluate import classification_summary
 
     assert classification_summary(balanced, ["a", "b", "c"], 200, 0)["collapse_warnings"] == []  # 6 of 12 answers are b: no collapse
+
+
+def test_the_chance_note_tells_below_chance_from_indistinguishable() -> None:
+    """Answers that rotate the subtypes score far under their own shuffles: 'below chance', not 'cannot be told from chance'."""
+    from pancreas_multitask.evaluation.chance import chance_note
+    from pancreas_multitask.evaluation.evaluate import classification_summary
+
+    truth = [0, 1, 2] * 12
+    summary = lambda pred: classification_summary(pd.DataFrame({"subtype_true": truth, "subtype_pred": pd.array(pred, dtype="Int64")}), ["a", "b", "c"], 300, 0)  # noqa: E731
+    swapped = summary([(t + 1) % 3 for t in truth])  # every answer the next subtype: F1 0
+    assert swapped["macro_f1_ci95"][1] < swapped["chance"]["permutation_null"]["interval95"][0]
+    assert chance_note(swapped).startswith("the macro-F1 is below chance")
+    assert chance_note(summary(truth)) is None  # perfect answers
+    rng = np.random.default_rng(0)
+    noise = summary(rng.integers(0, 3, len(truth)).tolist())
+    assert noise["chance"]["indistinguishable_from_chance"] and chance_note(noise).startswith("the macro-F1 cannot be told from chance")

@@ -318,6 +318,7 @@ def test_loss_weights_and_class_weights_reach_the_losses(tiny_prepared, manifest
         monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *args, **kwargs: None)  # compare raw gradients
         batch = next(trainer.dataloader_train)
         batch["target"][0][:, :, :4, :8, :8] = 1  # every patch shows a lesion: the subtype loss counts
+        batch["keys"] = [(train_keys[0], train_keys[-1])[i % 2] for i in range(len(batch["keys"]))]  # subtypes 0 and 2: the weights matter
         network = trainer.multitask_network()
         head = list(network.head.parameters())
         segmentation = [p for n, p in network.named_parameters() if "decoder" in n]
@@ -337,6 +338,11 @@ def test_loss_weights_and_class_weights_reach_the_losses(tiny_prepared, manifest
         assert all(torch.allclose(h, 0.5 * g, rtol=1e-4, atol=1e-8) for h, g in zip(half_seg, seg_grads))
         both, head_grads, _ = step(0.5, 0.5)
         assert any(torch.count_nonzero(g) > 0 for g in head_grads)  # the head learns once w_cls > 0
+        # the step's cross-entropy is the weighted one: recompute it from this forward's class logits and the batch's subtypes
+        logits, labels = network.last_class_logits.detach().float(), torch.tensor([trainer.subtypes[k][0] for k in batch["keys"]])
+        weighted = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor(expected, dtype=torch.float32))
+        assert float(both["cls_loss"]) == pytest.approx(float(weighted), rel=1e-5)
+        assert len(set(labels.tolist())) > 1 and float(weighted) != pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-3)
         assert float(both["loss"]) == pytest.approx(0.5 * float(both["seg_loss"]) + 0.5 * float(both["cls_loss"]), rel=1e-5)
     finally:
         for loader in (trainer.dataloader_train, trainer.dataloader_val):

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--training_metrics", type=Path, help="the trainer's per-epoch training_metrics.csv, for the report's curves")
     parser.add_argument("--inference_json", type=Path, help="inference.json, for the report's timing table")
     parser.add_argument("--benchmark_json", type=Path, help="a benchmark JSON with a 'rows' list, for the report")
-    parser.add_argument("--manifest", type=Path, help="data_manifest.yaml: its layout parses --validation_data, and it is hashed into the report's provenance (default: the repository's)")
+    parser.add_argument("--manifest", type=Path, help="data_manifest.yaml: its layout parses --validation_data, its subtypes are the classes a macro-F1 is over, and it is hashed into the report's provenance (default: the repository's)")
     parser.add_argument("--profile", help="the profile, for the provenance")
     parser.add_argument("--device", help="the device the model ran on, for the provenance")
     parser.add_argument("--worst_n", type=int, default=3, help="worst cases shown as overlays (default: 3)")
@@ -55,6 +55,7 @@ def summary_lines(summary: dict, written: list[Path]) -> list[str]:
     """The short summary the CLI prints."""
     from .report import fmt, fmt_ci
 
+    from .chance import chance_note
     from .report import chance_text, detection_texts
 
     splits = summary["splits"]
@@ -69,8 +70,8 @@ def summary_lines(summary: dict, written: list[Path]) -> list[str]:
         lines.append(f"subtype macro-F1 {classification['f1_over']}; balanced accuracy {fmt(classification['balanced_accuracy'])}, MCC {fmt(classification['mcc'])}, "
                      f"accuracy {fmt(classification['accuracy'])}")
         lines.append(f"chance line: {chance_text(classification)}")
-        if classification["chance"]["indistinguishable_from_chance"]:
-            lines.append("WARNING: the macro-F1 cannot be told from chance (its CI reaches the shuffled answers' 95th percentile)")
+        if note := chance_note(classification):
+            lines.append(f"WARNING: {note}")
         lines += [f"WARNING: collapsed subtype answers: {line}" for line in classification["collapse_warnings"]]
         if classification["label_warning"]:
             lines.append(f"WARNING: {classification['label_warning']}")
@@ -100,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         clear_outputs(args.output_folder, (METRICS_JSON, PER_CASE_CSV, REPORT_NAME))  # a killed re-run leaves no stale mix
+        manifest = load_manifest(args.manifest or REPO / "data_manifest.yaml")
         if args.validation_data is not None:
-            cases, source = read_quiz_layout(args.validation_data, load_manifest(args.manifest or REPO / "data_manifest.yaml")), str(args.validation_data)
+            cases, source = read_quiz_layout(args.validation_data, manifest), str(args.validation_data)
             evaluated = args.evaluated_split or Path(os.path.abspath(args.validation_data)).name
         else:
             key = args.answer_key / ANSWER_KEY_CSV if args.answer_key.is_dir() else args.answer_key
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         unprocessed = args.prediction_folder / UNPROCESSED
         result = evaluate_folder(cases, args.prediction_folder, args.prediction_csv, args.output_folder, resamples=args.resamples, seed=args.seed, ground_truth_source=source,
                                  unprocessed_folder=unprocessed if unprocessed.is_dir() else None, selection_split=args.checkpoint_split, evaluated_split=evaluated,
-                                 label_file=label_file, training_split=args.training_split)
+                                 label_file=label_file, training_split=args.training_split, class_names=manifest.subtypes)
         parameters = {key: str(value) for key, value in vars(args).items() if value is not None}
         provenance = collect_provenance(REPO, args.manifest, args.profile, parameters, args.device)
         report = write_report(

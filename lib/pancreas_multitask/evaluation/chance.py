@@ -8,7 +8,8 @@ What answers that know nothing about the image score on the same truth:
   it names each subtype and breaks their link to the image; its mean, central 95 % interval and 95th
   percentile over ``PERMUTATIONS`` shuffles, and the permutation p-value of the observed F1.
 
-An F1 whose CI reaches down to the null's 95th percentile cannot be told from chance. A classifier that
+An F1 whose CI's lower end is at or below the null's 95th percentile is not shown to be above chance (``chance_note``
+says whether it cannot be told from chance or lies below it). A classifier that
 names one subtype for more than ``COLLAPSE_SHARE`` of the cases, or never names a subtype that is in the
 truth, has collapsed: its F1 says little whatever its value.
 """
@@ -60,7 +61,7 @@ def chance_line(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int, 
         "permutation_null": null,
         "indistinguishable_from_chance": bool(f1_ci[0] <= null["p95"]),
         "definition": ("constant answer: always the subtype that scores best on this truth; permutation null: the model's answers "
-                       "shuffled over the cases; an F1 whose 95 % CI reaches the null's 95th percentile cannot be told from chance"),
+                       "shuffled over the cases; an F1 whose 95 % CI does not clear the null's 95th percentile (its lower end at or below it) cannot be told from chance"),
     }
 
 
@@ -70,6 +71,21 @@ def describe(chance: Mapping[str, Any], class_names: Sequence[str]) -> str:
     interval = lambda ci: f"[{ci[0]:.3f}, {ci[1]:.3f}]"  # noqa: E731
     return (f"always {class_names[constant['subtype']]}: {constant['macro_f1']:.3f} {interval(constant['ci95'])}; answers shuffled: mean "
             f"{null['mean']:.3f}, 95 % of shuffles in {interval(null['interval95'])}, 95th percentile {null['p95']:.3f}")
+
+
+def chance_note(classification: Mapping[str, Any]) -> str | None:
+    """The warning for a macro-F1 not shown above chance (``classification_summary``'s result), or None.
+
+    Below chance when the whole CI lies under the central 95 % of the shuffled answers; otherwise it cannot be told from chance.
+    """
+    if not classification["chance"]["indistinguishable_from_chance"]:
+        return None
+    low, high = classification["macro_f1_ci95"]
+    shuffled = classification["chance"]["permutation_null"]["interval95"]
+    if high < shuffled[0]:
+        return (f"the macro-F1 is below chance: its whole CI [{low:.3f}, {high:.3f}] lies under what 95 % of the same answers shuffled over "
+                f"the cases score ([{shuffled[0]:.3f}, {shuffled[1]:.3f}]); the answers are anti-correlated with the truth")
+    return "the macro-F1 cannot be told from chance: its CI does not clear the 95th percentile of the same answers shuffled over the cases"
 
 
 def prediction_histogram(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict[str, list[int]]:

@@ -60,10 +60,12 @@ def predicted_masks(prediction_folder: Path) -> dict[str, Path]:
     return {case_id(p.name): p for p in sorted(prediction_folder.glob(f"*{FILE_ENDING}")) if not p.name.startswith(".")}
 
 
-def _class_names(frame: pd.DataFrame, ground_truth: Sequence[GroundTruthCase], given: Sequence[str] | None) -> list[str]:
-    if given is not None:
-        return list(given)
+def _class_names(frame: pd.DataFrame, ground_truth: Sequence[GroundTruthCase], given: Sequence[str] | None, csv_file: Path) -> list[str]:
     probs = [c.removeprefix(PROB_PREFIX) for c in frame.columns if c.startswith(PROB_PREFIX)]
+    if given is not None:
+        if probs and len(probs) != len(given):
+            raise ValueError(f"{csv_file}: probabilities for {len(probs)} classes ({', '.join(probs)}), but the manifest has {len(given)} ({', '.join(given)})")
+        return list(given)
     if probs:
         return probs
     top = max([c.subtype for c in ground_truth] + frame["Subtype"].tolist())
@@ -268,7 +270,8 @@ def evaluate_folder(
 ) -> EvaluationResult:
     """Score predicted masks and subtypes against ``ground_truth``; write ``metrics.json`` and ``per_case.csv`` to ``output_folder``.
 
-    ``class_names`` default: the CSV's ``prob_*`` columns, else ``subtypeK`` up to the largest label.
+    ``class_names``: the manifest's subtypes, so that a macro-F1 is over every class the task has, not only those a
+    split happens to contain (default: the CSV's ``prob_*`` columns, else ``subtypeK`` up to the largest label).
     ``ground_truth_source`` (e.g. the quiz folder or the answer-key CSV) is recorded in the summary.
     ``unprocessed_folder``: the same predictions before nnU-Net's postprocessing (what ``predict_cases``
     writes to ``no_postprocessing/``); their Dice goes beside the postprocessed one (``summary["postprocessing"]``).
@@ -285,7 +288,7 @@ def evaluate_folder(
         clear_outputs(output_folder)
     masks = predicted_masks(prediction_folder)
     frame = read_names_csv(prediction_csv)
-    names = _class_names(frame, ground_truth, class_names)
+    names = _class_names(frame, ground_truth, class_names, prediction_csv)
     _check_labels([c.subtype for c in ground_truth], len(names), "ground truth")
     _check_labels(frame["Subtype"], len(names), str(prediction_csv))
     rows = {case_id(row["Names"]): row for _, row in frame.iterrows()}

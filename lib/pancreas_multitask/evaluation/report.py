@@ -26,7 +26,7 @@ from ..io import write_text
 from ..model.calibration import temperature_warning
 from ..runtime import git_revision, library_versions
 from ..visualization import training_curves
-from .chance import COLLAPSE_SHARE
+from .chance import COLLAPSE_SHARE, chance_note
 from .chance import describe as describe_chance
 from .evaluate import TARGET_LABELS, EvaluationResult, worst_first
 from .verdict import MIN_CASES_FOR_VERDICT
@@ -242,7 +242,7 @@ def _classification(result: EvaluationResult) -> dict[str, Any] | None:
     return {"n": summary["n"], "macro_f1": fmt(summary["macro_f1"]), "macro_f1_ci": fmt_ci(summary["macro_f1_ci95"]), "f1_over": summary["f1_over"],
             "accuracy": fmt(summary["accuracy"]), "balanced_accuracy": f"{fmt(summary['balanced_accuracy'])} {fmt_ci(summary['balanced_accuracy_ci95'])}",
             "mcc": f"{fmt(summary['mcc'])} {fmt_ci(summary['mcc_ci95'])}", "chance": chance_text(summary), "p_value": fmt(null["p_value"], 4),
-            "permutations": null["permutations"], "indistinguishable": summary["chance"]["indistinguishable_from_chance"],
+            "permutations": null["permutations"], "chance_note": chance_note(summary),
             "collapse": summary["collapse_warnings"], "label_warning": summary["label_warning"],
             "per_class": per_class, "heatmap": figure_data_uri(confusion_heatmap(summary["confusion_matrix"], result.class_names)),
             "histogram": figure_data_uri(prediction_histogram(summary["prediction_histogram"], result.class_names, COLLAPSE_SHARE)), "collapse_share": f"{COLLAPSE_SHARE:.0%}",

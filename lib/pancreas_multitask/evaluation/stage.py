@@ -108,7 +108,7 @@ def evaluate(workspace: Workspace, params: Mapping[str, Any], report_dir: Path, 
         results[split] = evaluate_folder(
             job.cases, job.predictions, csv, report_dir / "evaluation" / split, ground_truth_source=job.source,
             unprocessed_folder=unprocessed if unprocessed.is_dir() else None, selection_split=checkpoint_split, evaluated_split=split, label_file=job.label_file,
-            training_split=workspace.manifest.layout.labeled_splits[0],
+            training_split=workspace.manifest.layout.labeled_splits[0], class_names=workspace.manifest.subtypes,
         )
     test_split = workspace.manifest.layout.test_split
     main_split = test_split if test_split in results else next(iter(results))
