@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - start
         metrics = trainer.metrics_frame()
         best = int(metrics["val_criterion"].idxmax())
-        predictor = make_predictor(workspace.model, test_mode(), device, folds=(0,), postprocessing=False)
+        predictor = make_predictor(workspace.model, test_mode(), device, folds=(0,), postprocessing=False, engine="torch")
         probabilities = []
         for case in test:
             if case.case not in cache:
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def probe_features(trainer) -> dict:
         """Frozen pooled features of the selected model on the train cases and the test cases (one pass each, no mirroring)."""
-        predictor = make_predictor(workspace.model, InferenceMode(0.5, use_mirroring=False, tile_batch_size=2), device, folds=(0,), postprocessing=False)
+        predictor = make_predictor(workspace.model, InferenceMode(0.5, use_mirroring=False, tile_batch_size=2), device, folds=(0,), postprocessing=False, engine="torch")
         train_keys = sorted(k for k in trainer._case_keys[0])
         dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, train_keys)
         train = [pooled_case_features(predictor, np.asarray(dataset.load_case(k)[0][:])).tolist() for k in train_keys]

@@ -310,8 +310,8 @@ def train_and_score(run: Run, params: dict, workspace, test_cache: dict[str, Pat
     shutil.copytree(workspace.fold_folder, keep, ignore=shutil.ignore_patterns("checkpoint_latest.pth", "checkpoint_final.pth", "validation"))
 
     mode = InferenceMode(0.5, use_mirroring=False, tile_batch_size=2)  # the deployed estimator without its mirroring passes
-    predicted = make_predictor(workspace.model, mode, device, folds=(0,), postprocessing=False)
-    oracle = make_predictor(workspace.model, mode, device, folds=(0,), postprocessing=False, predictor_class=OraclePoolingPredictor)
+    predicted = make_predictor(workspace.model, mode, device, folds=(0,), postprocessing=False, engine="torch")  # as every committed run
+    oracle = make_predictor(workspace.model, mode, device, folds=(0,), postprocessing=False, predictor_class=OraclePoolingPredictor, engine="torch")
     head = predicted._network_module.head
     deployed = head.config.fallback
     other = next(f for f in FALLBACKS if f != deployed)

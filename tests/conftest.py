@@ -108,6 +108,37 @@ def tiny_prepared(tiny_phantom: Path, manifest: Manifest, tmp_path_factory: pyte
     return paths
 
 
+@pytest.fixture(scope="session")
+def tiny_trained_model(tiny_prepared: ProfilePaths, manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder trained for one tiny epoch (lesion pooling), with nnU-Net's final validation, which an export needs.
+
+    Shared by the session: a test that changes it works on a copy."""
+    from dataclasses import replace
+
+    from pancreas_multitask.experiment_planning.plans import CPU_PLANS
+    from pancreas_multitask.model.settings import HeadConfig, MultitaskSettings
+    from pancreas_multitask.runtime import configured_nnunet
+    from pancreas_multitask.training.train import train
+    from pancreas_multitask.workspace import Workspace
+
+    paths = replace(tiny_prepared, results=tmp_path_factory.mktemp("predictor_results"))
+    settings = MultitaskSettings(num_epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, head=HeadConfig(pooling="lesion"),
+                                 final_validation_mirroring=False, deployed_check_cases=0)
+    with configured_nnunet(paths, "cpu"):
+        result = train(Workspace(manifest, paths, CPU_PLANS), settings, device="cpu")
+    return result.output_folder.parent
+
+
+def assert_logits_agree(actual, expected) -> None:
+    """Two engines' (or two batchings') logits: equal up to float rounding. A misplaced tile or flip changes many voxels by
+    far more; kernels that round differently move at most a few voxels by more than 0.01."""
+    import numpy as np
+
+    difference = np.abs(np.asarray(actual, dtype=np.float32) - np.asarray(expected, dtype=np.float32))
+    assert float(np.asarray(expected, dtype=np.float32).std()) > 0, "trivial logits compare nothing"
+    assert difference.max() < 0.1 and np.count_nonzero(difference > 0.01) <= max(1, 1e-4 * difference.size), (difference.max(), np.count_nonzero(difference > 0.01))
+
+
 def break_spacing(path: Path, where: str = "pixdim", axis: int = 2) -> None:
     """Write ``path`` back with stored axis ``axis`` given no spacing, byte-exactly (nibabel's writer would repair it):
     ``pixdim``: pixdim[axis + 1] = 0 with qform_code = sform_code = 0, as some exporters write it; ``sform``: the sform's

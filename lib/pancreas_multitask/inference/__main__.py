@@ -1,7 +1,7 @@
 """Command line: masks and ``subtype_results.csv`` for a folder of ``*_0000.nii.gz`` images.
 
     python -m pancreas_multitask.inference -i IMAGES -o OUTPUT -m MODEL_FOLDER_OR_ZIP \\
-        [-f 0 1 2 3 4] [-chk checkpoint_best.pth] [--mode fast|accurate|fastest] [-device cpu|cuda|auto] \\
+        [-f 0 1 2 3 4] [-chk checkpoint_best.pth] [--mode fast|accurate|fastest] [-device cpu|cuda|auto] [--engine auto|torch|openvino] \\
         [--num_parts N --part_id K] [--overwrite] [--disable_postprocessing]
 
 nnU-Net's postprocessing stored with the model (``fold_K/postprocessing.pkl``) is applied unless
@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import runtime
 
 MODE_NAMES = ("accurate", "fast", "fastest")  # predictor.MODES, named here: nnunetv2 is imported only after the environment is set
+ENGINE_NAMES = ("auto", "torch", "openvino")  # engines.ENGINES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth")
     parser.add_argument("--mode", default="fast", choices=MODE_NAMES, help="fast (default) and accurate keep nnU-Net's step and TTA; fastest does not (docs/inference.md)")
     parser.add_argument("-device", "--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--engine", default="auto", choices=ENGINE_NAMES,
+                        help="what runs the network's forward pass: auto (default) is OpenVINO on the CPU when it imports, torch otherwise (docs/inference.md)")
     parser.add_argument("--num_parts", type=int, default=1, help="split the cases between this many processes")
     parser.add_argument("--part_id", type=int, default=0, help="which part this process predicts (0-based)")
     parser.add_argument("--overwrite", action="store_true", help="predict cases that already have outputs again")
@@ -55,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         print(f"no *_0000{args.file_ending} images in {inputs}", file=sys.stderr)
         return 1
-    predictor = make_predictor(model, args.mode, device, folds, args.checkpoint, postprocessing=not args.disable_postprocessing)
-    print(f"model {model} | folds {folds} | {args.checkpoint} | mode {args.mode} | device {device} | postprocessing: {describe(predictor.postprocessing)} "
+    predictor = make_predictor(model, args.mode, device, folds, args.checkpoint, postprocessing=not args.disable_postprocessing, engine=args.engine)
+    print(f"model {model} | folds {folds} | {args.checkpoint} | mode {args.mode} | device {device} | engine {predictor.engine} | postprocessing: {describe(predictor.postprocessing)} "
           f"| {len(cases)} case(s), part {args.part_id + 1}/{args.num_parts}")
     report = predict_cases(predictor, cases, args.output, args.overwrite, args.num_parts, args.part_id, args.file_ending)
     print(f"predicted {len(report.predicted)}, skipped {len(report.skipped)} (done before), failed {len(report.failed)} -> {args.output}")

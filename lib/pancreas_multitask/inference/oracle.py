@@ -26,6 +26,9 @@ class OraclePoolingPredictor(MultitaskPredictor):
     own mirroring would call the network without the split.
     """
 
+    def __init__(self, *args, engine: str = "torch", **kwargs) -> None:
+        super().__init__(*args, engine="torch", **kwargs)  # the truth channel is split off in Python: torch only
+
     def use_network(self, *args, **kwargs) -> None:
         super().use_network(*args, **kwargs)
         if self._nnunet_passes:

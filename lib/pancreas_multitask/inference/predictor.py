@@ -31,11 +31,12 @@ from ..io import VolumeError, atomic_path, check_complete, ensure_writable, is_t
 from ..runtime import is_headless, progress
 from ..model.network import MultitaskNetwork, build_multitask_network
 from ..model.folders import PROB_PREFIX, SUBTYPE_CSV, TRAINER_NAME, UNCALIBRATED_PREFIX
-from ..model.settings import MultitaskSettings
+from ..model.settings import SETTINGS_FILE, MultitaskSettings
 from ..postprocessing import UNPROCESSED, Postprocessing, load_postprocessing, postprocessing_file
 from ..postprocessing import apply as apply_postprocessing
 from ..model.aggregation import aggregate_class_probabilities, tile_weight
 from ..model.calibration import CALIBRATION_FILE, Calibration
+from .engines import OpenVinoForward, cache_root, choose_engine, network_key
 
 CSV_NAME = SUBTYPE_CSV
 SIDECAR = ".subtype.json"  # per-case class probabilities and timing; the CSV is rebuilt from them
@@ -50,7 +51,7 @@ class InferenceMode:
     through one forward pass, and with ``flips_in_batch`` all their mirrored copies too.
     ``device_export`` resamples the logits back to the input grid with nnU-Net's torch resampler
     (``resample_torch_fornnunet``, linear like the default) on the prediction device instead of
-    scipy on the CPU. ``channels_last`` and ``compile`` apply on CUDA only.
+    scipy on the CPU. ``channels_last`` applies on CUDA only; ``compile`` (``torch.compile``) to the torch engine.
     """
 
     tile_step_size: float
@@ -76,7 +77,7 @@ class InferenceMode:
             parts.append(f"{self.tile_batch_size} tile(s){' and their flips' if self.flips_in_batch else ''} per forward pass")
         if self.device_export:
             parts.append("export resampled with torch on the device")
-        parts += [name for name, on in (("channels-last (CUDA)", self.channels_last), ("torch.compile (CUDA)", self.compile)) if on]
+        parts += [name for name, on in (("channels-last (CUDA)", self.channels_last), ("torch.compile", self.compile)) if on]
         return ", ".join(parts) + ("" if self.rule_compliant else " (not rule-compliant: fewer TTA passes or a larger step)")
 
 
@@ -110,17 +111,24 @@ def make_predictor(
     checkpoint_name: str = "checkpoint_best.pth",
     postprocessing: bool = True,
     predictor_class: type["MultitaskPredictor"] | None = None,
+    engine: str = "auto",
 ) -> "MultitaskPredictor":
     """A ready predictor for ``mode`` (``accurate``, ``fast``, ``fastest`` or explicit settings).
 
     ``postprocessing``: apply nnU-Net's postprocessing stored with the model, when it has one.
     ``predictor_class``: a subclass of ``MultitaskPredictor`` (e.g. ``oracle.OraclePoolingPredictor``).
+    ``engine``: what runs the network's forward pass (``engines.choose_engine``): ``auto`` is OpenVINO on the
+    CPU when it imports, torch otherwise; a line says why when the engine asked for cannot run.
     """
     mode = resolve_mode(mode)
+    chosen, note = choose_engine(engine, device)
+    if note:
+        print(note, flush=True)
     predictor = (predictor_class or MultitaskPredictor)(
-        mode.tile_step_size, use_mirroring=mode.use_mirroring, mode=mode,
+        mode.tile_step_size, use_mirroring=mode.use_mirroring, mode=mode, engine=chosen,
         perform_everything_on_device=device == "cuda", device=torch.device(device), allow_tqdm=False,
     )
+    predictor.engine_requested, predictor.engine_note = engine, note
     predictor.initialize_from_model_folder(model_folder, folds, checkpoint_name)
     if postprocessing:
         predictor.use_postprocessing_of(model_folder, folds)
@@ -130,9 +138,14 @@ def make_predictor(
 class MultitaskPredictor(nnUNetPredictor):
     """``nnUNetPredictor`` that also returns the subtype probabilities of each case."""
 
-    def __init__(self, *args, mode: InferenceMode | None = None, **kwargs) -> None:
+    def __init__(self, *args, mode: InferenceMode | None = None, engine: str = "torch", **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if engine not in ("torch", "openvino"):
+            raise ValueError(f"engine must be torch or openvino (choose_engine resolves auto), got {engine!r}")
         self.mode = mode or InferenceMode(self.tile_step_size, self.use_mirroring)
+        self.engine = engine  # what runs the forward passes; openvino falls back to torch on a failure (engine_failure)
+        self.engine_requested, self.engine_note, self.engine_failure = engine, None, None
+        self.openvino: OpenVinoForward | None = None  # set by initialize_from_model_folder under engine openvino
         self.tile_batch_size, self.mirrors = self.mode.tile_batch_size, self.mode.mirrors
         self.postprocessing: Postprocessing | None = None
         self.postprocessing_source: Path | None = None
@@ -162,8 +175,10 @@ class MultitaskPredictor(nnUNetPredictor):
 
     @property
     def _nnunet_passes(self) -> bool:
-        """Whether nnU-Net's own mirroring runs the passes (``accurate``); a forward hook then collects the tiles."""
-        return self.tile_batch_size <= 1 and not self.mode.flips_in_batch and self.mirrors is None
+        """Whether nnU-Net's own mirroring runs the passes (``accurate`` in torch); a forward hook then collects the tiles.
+
+        Under OpenVINO the same passes run through ``_mean_over_passes``, one per forward, in nnU-Net's order."""
+        return self.openvino is None and self.tile_batch_size <= 1 and not self.mode.flips_in_batch and self.mirrors is None
 
     @torch.inference_mode()
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,6 +246,32 @@ class MultitaskPredictor(nnUNetPredictor):
         self.use_network(network, plans_manager, configuration_manager, dataset_json, mirror_axes, parameters)
         self._checkpoints = [model_folder / f"fold_{fold}" / checkpoint_name for fold in folds]
         self.calibrations = [Calibration.load(model_folder / f"fold_{fold}") for fold in folds]
+        if self.engine == "openvino":
+            keys = [network_key([c, c.parent / SETTINGS_FILE, model_folder / "plans.json", model_folder / "dataset.json"]) for c in self._checkpoints]
+            self.openvino = OpenVinoForward(network, cache_root(model_folder), keys)
+            self._forward_with_class = self._openvino_forward
+
+    def _openvino_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """OpenVINO's forward pass; if it fails, one line says why and torch runs this and every later pass."""
+        if self.engine_failure is None:
+            try:
+                return self.openvino(x)
+            except Exception as exc:
+                self.engine_failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                self.engine = "torch"
+                print(f"OpenVINO failed ({self.engine_failure}); the network runs in torch from here on", flush=True)
+        return self._network_module.forward_with_class(x)
+
+    def describe(self) -> str:
+        """The mode's settings and the engine, in one line."""
+        engine = self.openvino.describe() if self.openvino is not None and self.engine_failure is None else f"torch {torch.__version__} on {self.device.type}"
+        failed = f" (OpenVINO failed: {self.engine_failure})" if self.engine_failure else ""
+        return f"{self.mode.describe()}; engine: {engine}{failed}"
+
+    def engine_record(self) -> dict:
+        """For ``inference.json``: the engine asked for and used, why they differ, and each compiled shape's hint and seconds."""
+        return {"requested": self.engine_requested, "used": self.engine, "note": self.engine_note, "failure": self.engine_failure,
+                "openvino": None if self.openvino is None else {"version": self.openvino.version, "threads": self.openvino.threads, "compiled": self.openvino.records}}
 
     def use_network(self, network: MultitaskNetwork, plans_manager: PlansManager, configuration_manager: ConfigurationManager, dataset_json: dict,
                     mirror_axes: Sequence[int] | None, parameters: list[dict] | None = None) -> None:
@@ -242,8 +283,8 @@ class MultitaskPredictor(nnUNetPredictor):
             torch.backends.cudnn.benchmark = True  # fixed tile shapes: cuDNN picks its fastest kernels once
             if self.mode.channels_last:
                 network.to(memory_format=torch.channels_last_3d)
-            if self.mode.compile:
-                self._forward_with_class = torch.compile(network.forward_with_class)
+        if self.mode.compile and self.engine == "torch":
+            self._forward_with_class = torch.compile(network.forward_with_class)
         self.subtype_names = list(dataset_json.get("subtypes", [f"subtype{k}" for k in range(network.head.config.num_classes)]))
         self._tiles: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json, TRAINER_NAME,
@@ -262,7 +303,7 @@ class MultitaskPredictor(nnUNetPredictor):
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
-        digest.update(repr((self.tile_step_size, self.use_mirroring, self.mode, self.postprocessing is not None)).encode())
+        digest.update(repr((self.tile_step_size, self.use_mirroring, self.mode, self.postprocessing is not None, self.engine)).encode())
         return digest.hexdigest()[:16]
 
     def _collect_tile(self, module: MultitaskNetwork, inputs, output) -> None:
@@ -348,6 +389,8 @@ class MultitaskPredictor(nnUNetPredictor):
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
         """nnU-Net's sliding window over one case with one fold's weights; notes where this fold's tiles start."""
         self._fold_starts.append(len(self._tiles[0]))
+        if self.openvino is not None:
+            self.openvino.select(len(self._fold_starts) - 1)
         return super().predict_sliding_window_return_logits(input_image)
 
     def fold_probabilities(self) -> list[np.ndarray]:

@@ -38,7 +38,7 @@ class InferenceRecord:
 def predict(workspace: Workspace, params: Mapping[str, Any], device: str) -> InferenceRecord:
     """Predict ``input_splits`` (or ``input_folder``) with the trained model (or ``model_folder``: a folder or zip).
 
-    Parameters as in 03_inference: ``model_folder``, ``folds``, ``checkpoint``, ``mode``, ``postprocessing``,
+    Parameters as in 03_inference: ``model_folder``, ``folds``, ``checkpoint``, ``mode``, ``engine``, ``postprocessing``,
     ``input_splits``, ``input_folder``, ``output_folder``, ``num_parts``, ``part_id``, ``overwrite``.
     """
     ending = workspace.manifest.file_ending
@@ -46,7 +46,7 @@ def predict(workspace: Workspace, params: Mapping[str, Any], device: str) -> Inf
     mode = params.get("mode", "fast")
     folds = list(params.get("folds") or [workspace.fold])
     checkpoint = params.get("checkpoint") or "checkpoint_best.pth"
-    predictor = make_predictor(model, mode, device, folds, checkpoint, bool(params.get("postprocessing", True)))
+    predictor = make_predictor(model, mode, device, folds, checkpoint, bool(params.get("postprocessing", True)), engine=params.get("engine") or "auto")
     out_root = Path(params["output_folder"]) if params.get("output_folder") else workspace.predictions_root
     if params.get("input_folder"):
         jobs = {"input": input_cases(params["input_folder"], ending)}
@@ -58,7 +58,7 @@ def predict(workspace: Workspace, params: Mapping[str, Any], device: str) -> Inf
     seconds = [r["seconds"] for name in jobs for r in case_records(out_root / name)]
     record.record_file = workspace.record("inference")
     write_json(record.record_file, {
-        "model": str(model), "mode": mode, "mode_settings": MODES[mode].describe(), "rule_compliant": MODES[mode].rule_compliant, "device": device,
+        "model": str(model), "mode": mode, "mode_settings": predictor.describe(), "engine": predictor.engine_record(), "rule_compliant": MODES[mode].rule_compliant, "device": device,
         "folds": folds, "checkpoint": checkpoint,
         "postprocessing": describe(predictor.postprocessing), "postprocessing_file": str(predictor.postprocessing_source or ""),
         "calibration": {f"fold {fold}": asdict(c) for fold, c in zip(folds, predictor.calibrations)},
