@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_path, file_lock, write_json
+from ..runtime import available_cores
 
 ENGINES = ("auto", "torch", "openvino")
 CACHE_FOLDER = "openvino_cache"
@@ -73,11 +74,15 @@ def choose_engine(requested: str, device: str) -> tuple[str, str | None]:
 
 
 def network_key(files: Sequence[Path]) -> str:
-    """What a converted network depends on: the bytes of the checkpoint and of the files that build the network."""
+    """What a converted network depends on: the bytes of ``files`` (the checkpoint, the settings and plans it is
+    built from), the project's network code and the versions of the libraries that build and trace it."""
+    from importlib.metadata import version
+
     digest = hashlib.sha256()
-    for path in files:
+    for path in [*files, *sorted(Path(__file__).parents[1].joinpath("model").glob("*.py"))]:
         digest.update(path.name.encode())
         digest.update(sha256(path).encode() if path.is_file() else b"absent")
+    digest.update(repr([(name, version(name)) for name in ("torch", "nnunetv2", "dynamic_network_architectures", "openvino")]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -149,7 +154,7 @@ class OpenVinoForward:
         self.openvino = import_openvino()
         self.core = self.openvino.Core()
         self.network, self.cache, self.keys = network, Path(cache), list(keys)
-        self.threads = int(threads or torch.get_num_threads())
+        self.threads = int(threads or available_cores())
         self.fold = 0
         self._compiled: dict[tuple[int, tuple[int, ...]], _Compiled] = {}
         self.records: list[dict[str, Any]] = []
@@ -191,7 +196,8 @@ class OpenVinoForward:
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{'x'.join(map(str, shape))}_{self.threads}t"
         blob, record_file = folder / f"{stem}.blob", folder / f"{stem}.json"
-        with file_lock(folder / ".lock"):
+        with file_lock(folder / ".lock"):  # another process may be compiling the same shape: its result is loaded below
+            waited, start = time.perf_counter() - start, time.perf_counter()
             record, compiled, converting = self._valid(record_file, blob, key, shape=list(shape), threads=self.threads), None, 0.0
             if record is not None:
                 try:
@@ -203,16 +209,19 @@ class OpenVinoForward:
                 model, converting = self._network(folder, key, x)
                 hint, streams, probe = self.calibrate(model, shape)
                 compiled_model = self._compile(model, shape, hint, streams)
-                with atomic_path(blob) as tmp:
-                    tmp.write_bytes(compiled_model.export_model().getvalue())
-                record = {"key": key, "openvino": self.version, "shape": list(shape), "threads": self.threads, "hint": hint, "streams": streams,
-                          "blob_sha256": sha256(blob), "probe_seconds": probe}
-                write_json(record_file, record)  # last: a blob without its record is never used
+                record = {"key": key, "openvino": self.version, "shape": list(shape), "threads": self.threads, "hint": hint, "streams": streams, "probe_seconds": probe}
+                try:
+                    with atomic_path(blob) as tmp:
+                        tmp.write_bytes(compiled_model.export_model().getvalue())
+                    record["blob_sha256"] = sha256(blob)
+                    write_json(record_file, record)  # last: a blob without its record is never used
+                except OSError as exc:  # a full or read-only disk: this run keeps the compiled network, the next compiles again
+                    print(f"OpenVINO: the compiled network could not be cached in {folder} ({exc}); it is used uncached", flush=True)
                 compiled = _Compiled(compiled_model, [compiled_model.create_infer_request() for _ in range(streams)], record)
         seconds = time.perf_counter() - start
         entry = {"shape": list(shape), "fold": self.fold, "hint": record["hint"], "streams": record["streams"], "threads": self.threads,
                  "probe_seconds": record.get("probe_seconds", {}), "from_cache": from_cache, "seconds": round(seconds, 3),
-                 "seconds_converting": round(converting, 3), "cache": str(folder)}
+                 "seconds_converting": round(converting, 3), "seconds_waiting_for_another_process": round(waited, 3), "cache": str(folder)}
         self.records.append(entry)
         print(f"OpenVINO: network for input {'x'.join(map(str, shape))} {'loaded from the cache' if from_cache else 'compiled'} in {seconds:.1f} s "
               f"({entry['hint']}, {entry['streams']} stream(s), {self.threads} thread(s)); cache {folder}", flush=True)
@@ -248,8 +257,11 @@ class OpenVinoForward:
         with _no_telemetry(), torch.no_grad():
             model = ov.convert_model(_BothOutputs(self.network).eval(), example_input=x[:1].float().cpu(), input=[ov.PartialShape([-1, *x.shape[1:]])])
         with atomic_path(xml) as tmp_xml:  # the .bin is written beside the .xml under the temporary name, then both are moved
-            ov.save_model(model, tmp_xml, compress_to_fp16=False)
-            tmp_xml.with_suffix(".bin").replace(weights)
+            try:
+                ov.save_model(model, tmp_xml, compress_to_fp16=False)
+                tmp_xml.with_suffix(".bin").replace(weights)
+            finally:
+                tmp_xml.with_suffix(".bin").unlink(missing_ok=True)
         write_json(record_file, {"key": key, "openvino": self.version, "torch": torch.__version__, "input": list(x.shape[1:]),
                                  "xml_sha256": sha256(xml), "bin_sha256": sha256(weights)})
         return self.core.read_model(xml), time.perf_counter() - start
@@ -271,24 +283,29 @@ class OpenVinoForward:
         """Parallel streams that divide the batch evenly: the largest divisor of ``batch`` up to the thread count."""
         return max(s for s in range(1, min(batch, self.threads) + 1) if batch % s == 0)
 
-    def calibrate(self, model: Any, shape: Sequence[int]) -> tuple[str, int, dict[str, float]]:
-        """(hint, streams, seconds per probe of each): LATENCY (all threads on one request) against THROUGHPUT
-        (parallel streams), timed after a warm-up on a probe of ``streams`` tiles. One stream possible: LATENCY."""
-        streams = self.streams_for(shape[0])
-        if streams == 1:
+    def calibrate(self, model: Any, shape: Sequence[int], repeats: int = 3) -> tuple[str, int, dict[str, float]]:
+        """(hint, streams, best seconds of each candidate): LATENCY (all threads on one request) against THROUGHPUT
+        with each stream count that divides the batch, on a probe of as many tiles as the most streams, the best of
+        ``repeats`` runs after a warm-up. With one stream possible: LATENCY, unmeasured."""
+        most = self.streams_for(shape[0])
+        if most == 1:
             return "LATENCY", 1, {}
-        probe_shape = (streams, *shape[1:])
+        probe_shape = (most, *shape[1:])
         data = np.random.default_rng(0).standard_normal(probe_shape).astype(np.float32)
-        seconds = {}
-        for hint, n in (("LATENCY", 1), ("THROUGHPUT", streams)):
-            compiled = self._compile(model, probe_shape, hint, n)
-            candidate = _Compiled(compiled, [compiled.create_infer_request() for _ in range(n)], {})
+        seconds: dict[str, float] = {}
+        for streams in [1, *(s for s in range(2, most + 1) if most % s == 0)]:
+            hint = "LATENCY" if streams == 1 else "THROUGHPUT"
+            compiled = self._compile(model, probe_shape, hint, streams)
+            candidate = _Compiled(compiled, [compiled.create_infer_request() for _ in range(streams)], {})
             self._infer(candidate, data)  # warm-up
-            start = time.perf_counter()
-            self._infer(candidate, data)
-            seconds[hint] = round(time.perf_counter() - start, 4)
-        hint = min(seconds, key=seconds.get)
-        return hint, (streams if hint == "THROUGHPUT" else 1), seconds
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self._infer(candidate, data)
+                runs.append(time.perf_counter() - start)
+            seconds[hint if streams == 1 else f"{hint} x{streams}"] = round(min(runs), 4)
+        best = min(seconds, key=seconds.get)
+        return ("LATENCY", 1, seconds) if best == "LATENCY" else ("THROUGHPUT", int(best.split("x")[1]), seconds)
 
     def describe(self) -> str:
         shapes = ", ".join(f"{'x'.join(map(str, r['shape']))}: {r['hint']} ({r['streams']} stream(s)), {'from the cache' if r['from_cache'] else 'compiled'} in {r['seconds']:.1f} s"

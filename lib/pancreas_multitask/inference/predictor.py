@@ -247,9 +247,20 @@ class MultitaskPredictor(nnUNetPredictor):
         self._checkpoints = [model_folder / f"fold_{fold}" / checkpoint_name for fold in folds]
         self.calibrations = [Calibration.load(model_folder / f"fold_{fold}") for fold in folds]
         if self.engine == "openvino":
-            keys = [network_key([c, c.parent / SETTINGS_FILE, model_folder / "plans.json", model_folder / "dataset.json"]) for c in self._checkpoints]
-            self.openvino = OpenVinoForward(network, cache_root(model_folder), keys)
-            self._forward_with_class = self._openvino_forward
+            built_from = model_folder / f"fold_{folds[0]}" / SETTINGS_FILE  # every fold's network is built from these settings
+            keys = [network_key([c, built_from, model_folder / "plans.json", model_folder / "dataset.json"]) for c in self._checkpoints]
+            try:
+                self.openvino = OpenVinoForward(network, cache_root(model_folder), keys)
+            except Exception as exc:  # e.g. a CPU plugin that cannot load here
+                self._engine_failed(exc)
+            else:
+                self._forward_with_class = self._openvino_forward
+
+    def _engine_failed(self, exc: Exception) -> None:
+        reason = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith("Exception from ")]
+        self.engine_failure = f"{type(exc).__name__}: {' '.join(reason) or str(exc).strip()}"[:300]
+        self.engine = "torch"
+        print(f"OpenVINO failed ({self.engine_failure}); the network runs in torch from here on", flush=True)
 
     def _openvino_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """OpenVINO's forward pass; if it fails, one line says why and torch runs this and every later pass."""
@@ -257,9 +268,7 @@ class MultitaskPredictor(nnUNetPredictor):
             try:
                 return self.openvino(x)
             except Exception as exc:
-                self.engine_failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                self.engine = "torch"
-                print(f"OpenVINO failed ({self.engine_failure}); the network runs in torch from here on", flush=True)
+                self._engine_failed(exc)
         return self._network_module.forward_with_class(x)
 
     def describe(self) -> str:
