@@ -421,6 +421,12 @@ def markdown(result: dict) -> str:
             lines.append(f"|  | | | | collapse: {warning} | | | | | | |")
     if not result["summary"]:
         lines.append("| (no run finished yet) | | | | | | | | | | |")
+    lines += ["", "**Recall per subtype, as deployed**, one entry per seed (subtype 0 / 1 / 2):", "",
+              "| head | iterations | train cases | recall per seed |", "| --- | --- | --- | --- |"]
+    for row in result["summary"]:
+        per_seed = row["predicted_pooling"].get("recall_per_seed") or []
+        lines.append(f"| {row['variant']} | {row['iterations']} | {row['train_cases']} | "
+                     + "; ".join(" / ".join("n/a" if v is None else f"{v:.2f}" for v in seed) for seed in per_seed) + " |")
     lines += ["", "Minutes / run: the training's wall time on this machine (2 cores), mean over seeds; a run that shared the cores "
               "with other work took longer, so compare budgets by their iterations, not by these minutes."]
     return "\n".join(lines) + "\n"

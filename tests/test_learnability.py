@@ -65,7 +65,7 @@ def test_seed_summary_puts_the_chance_line_beside_the_f1() -> None:
     assert perfect["macro_f1"] == 1.0 and perfect["macro_f1_ci95"] == [1.0, 1.0] and not perfect["chance"]["indistinguishable_from_chance"]
     constant = seed_summary(truth, [np.ones_like(truth)], 3)
     assert constant["chance"]["indistinguishable_from_chance"] and constant["collapse_warnings"]
-    assert constant["predicted_histogram"] == [[0, 60, 0]]
+    assert constant["predicted_histogram"] == [[0, 60, 0]] and constant["recall_per_seed"] == [[0.0, 1.0, 0.0]]
     mixed = seed_summary(truth, [truth, np.ones_like(truth)], 3, reference=[np.ones_like(truth)])
     assert mixed["macro_f1_per_seed"][0] == 1.0 and mixed["macro_f1"] == pytest.approx((1.0 + constant["macro_f1"]) / 2)
     assert mixed["delta_macro_f1"] == pytest.approx(mixed["macro_f1"] - constant["macro_f1"]) and mixed["delta_macro_f1_ci95"][0] > 0
@@ -227,3 +227,5 @@ def test_one_study_run_trains_and_scores_three_ways(tiny_prepared, manifest, tmp
     table = markdown({"references": {"rows": {}, "fitted_on": "train", "scored_on": "test"}, "phantom": {"train": [1], "validation": [1], "test": 1, "seed": 0},
                       "summary": summary})
     assert "| default | 2 | 10000 | 1 |" in table
+    recall = summary[0]["predicted_pooling"]["recall_per_seed"][0]
+    assert "| default | 2 | 10000 | " + " / ".join("n/a" if v is None else f"{v:.2f}" for v in recall) + " |" in table  # the recall table

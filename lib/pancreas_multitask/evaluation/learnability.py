@@ -98,7 +98,7 @@ def seed_summary(truth: Sequence[int], predicted_per_seed: Sequence[Sequence[int
                  reference: Sequence[Sequence[int]] | None = None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Test macro-F1 and accuracy over seeds with bootstrap CIs, per-seed values, the permutation null of each seed's
     answers (``indistinguishable_from_chance``: the CI's lower end at or below the mean of their 95th percentiles),
-    prediction histograms, collapse warnings; with ``reference`` the paired difference to it."""
+    prediction histograms, each seed's recall per class, collapse warnings; with ``reference`` the paired difference to it."""
     truth = np.asarray(truth, dtype=int)
     predicted = np.asarray(predicted_per_seed, dtype=int).reshape(-1, len(truth))
     names = list(class_names or [f"subtype{k}" for k in range(num_classes)])
@@ -113,6 +113,7 @@ def seed_summary(truth: Sequence[int], predicted_per_seed: Sequence[Sequence[int
         "chance": {"permutation_null_mean": float(np.mean([n["mean"] for n in nulls])), "permutation_null_p95": null_p95,
                    "indistinguishable_from_chance": bool(ci[0] <= null_p95)},
         "predicted_histogram": [prediction_histogram(truth, p, num_classes)["predicted"] for p in predicted],
+        "recall_per_seed": [[float(np.mean(p[truth == k] == k)) if np.any(truth == k) else None for k in range(num_classes)] for p in predicted],
         "collapse_warnings": sorted({w for p in predicted for w in collapse_warnings(truth, p, names)}),
     }
     if reference is not None:
