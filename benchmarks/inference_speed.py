@@ -13,6 +13,10 @@ setting so that all masks are comparable.
 
     python benchmarks/inference_speed.py --profile realct            # the real CT (../shared/data/real_ct)
     python benchmarks/inference_speed.py --profile demo --device cuda
+    python benchmarks/inference_speed.py --profile realct --splits validation test --quiz-case   # the published CPU run
+
+On the CPU it adds a roofline (``roofline.py``: counted convolution FLOPs, the rate each row reaches, the fp32 peak) and
+with ``--quiz-case`` the full ResEncM plan on one quiz-sized case (``quiz_case.py``).
 
 Writes ``benchmarks/results/inference_speed_<device>.json`` and a Markdown table beside it.
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -182,7 +188,44 @@ def run(model_folder: Path, cases: list[tuple[str, Path]], truth: dict[str, Path
             row["subtype_agrees_with_accurate"] = float(np.mean([subtypes[name][k] == v for k, v in subtypes["accurate"].items()]))
             row["engine"] = predictors[name].engine_record()  # OpenVINO: each compiled shape's hint, streams and seconds
         table.append(row)
-    return {"rows": table, "cases": len(cases), "labelled_cases": len(truth)}
+    result = {"rows": table, "cases": len(cases), "labelled_cases": len(truth)}
+    if device == "cpu" and "fast" in predictors:
+        result["roofline"] = roofline_section(predictors, cases, work)
+    return result
+
+
+def roofline_section(predictors: dict[str, Any], cases: list[tuple[str, Path]], work: Path) -> dict[str, Any]:
+    """The convolutions' GFLOP per case, the rate each of our rows reaches in its network stage over the folder, one
+    forward pass of ``fast``'s batch timed alone on each engine, and the machine's fp32 peaks (``roofline``)."""
+    import torch
+
+    import roofline
+    from pancreas_multitask.inference.predictor import case_records
+
+    fast = predictors["fast"]
+    patch = list(fast.configuration_manager.patch_size)
+    channels = len(fast.dataset_json["channel_names"])
+    per_sample = roofline.conv_flops_per_sample(fast.network, (channels, *patch))
+    tiles = {case: roofline.tiles_per_case(fast.preprocess([str(image)])[0].shape[1:], patch, fast.tile_step_size) for case, image in cases}
+    theoretical = roofline.theoretical_peak(runtime.available_cores())
+    measured = roofline.measured_peak()
+    folder = {}
+    for name, predictor in predictors.items():
+        if name == BASELINE:
+            continue
+        network_seconds = sum(r["stages"]["network"] for r in case_records(work / name))
+        folder[name] = roofline.rates(per_sample * len(predictor._passes()) * sum(tiles.values()), network_seconds, theoretical["gflops"], measured)
+    batch = torch.randn(fast.mode.tile_batch_size * len(fast._passes()), channels, *patch, generator=torch.Generator().manual_seed(0))
+    engines: dict[str, Callable[[], Any]] = {"torch": lambda: fast.network.forward_with_class(batch)}
+    openvino = predictors.get("fast_openvino")
+    if openvino is not None and openvino.openvino is not None and openvino.engine_failure is None:
+        engines["openvino"] = lambda: openvino.openvino(batch)
+    with torch.inference_mode():
+        forward = {engine: roofline.rates(per_sample * batch.shape[0], roofline.best_seconds(run), theoretical["gflops"], measured) for engine, run in engines.items()}
+    return {"patch": patch, "gflop_per_tile_pass": per_sample / 1e9, "tiles_per_case": tiles,
+            "gflop_per_case_fast": per_sample * len(fast._passes()) * float(np.mean(list(tiles.values()))) / 1e9,
+            "theoretical_peak": theoretical, "measured_peak_gflops": measured, "threads": torch.get_num_threads(),
+            "fast_batch": list(batch.shape), "forward": forward, "folder_network_stage": folder}
 
 
 def folder_cases(workspace, splits: list[str]) -> tuple[list[tuple[str, Path]], dict[str, Path]]:
@@ -217,8 +260,39 @@ def markdown(result: dict[str, Any]) -> str:
     for row in result["rows"]:
         if "time_shares" in row:
             lines.append(f"| {row['setting']} | " + " | ".join(f"{100 * row['time_shares'][s]:.0f} %" for s in STAGES) + " |")
+    if "roofline" in result:
+        lines += roofline_markdown(result["roofline"])
+    if "quiz_case" in result:
+        from quiz_case import quiz_case_markdown
+
+        lines += quiz_case_markdown(result["quiz_case"])
     lines += ["", "Settings:", ""] + [f"- **{row['setting']}**: {row['what']}" for row in result["rows"]]
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f} %"
+
+
+def roofline_markdown(roof: dict[str, Any]) -> list[str]:
+    """The roofline section: one forward of fast's batch per engine, then each row's network stage over the folder."""
+    peak = roof["theoretical_peak"]
+    theoretical = "unknown" if peak["gflops"] is None else f"{peak['gflops']:.0f} GFLOP/s ({peak['how']})"
+    lines = ["", f"Roofline (fp32, {roof['threads']} thread(s)): theoretical peak {theoretical}; measured peak "
+             f"{roof['measured_peak_gflops']:.0f} GFLOP/s (torch's 4096² matrix product). Convolutions counted with torch's FLOP counter: "
+             f"{roof['gflop_per_tile_pass']:.2f} GFLOP per tile and pass of {'×'.join(map(str, roof['patch']))}, "
+             f"{roof['gflop_per_case_fast']:.0f} GFLOP per case in `fast` (mean over the folder's cases).", "",
+             "| what | engine | GFLOP | s | GFLOP/s | share of theoretical peak | share of measured peak |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    batch = "×".join(map(str, roof["fast_batch"]))
+    rows = [(f"one forward of `fast`'s batch {batch}", engine, r) for engine, r in roof["forward"].items()]
+    rows += [(f"`{name}`: network stage over the folder", "", r) for name, r in roof["folder_network_stage"].items()]
+    for what, engine, r in rows:
+        lines.append(f"| {what} | {engine} | {r['gflop']:.0f} | {r['seconds']:.2f} | {r['gflops']:.0f} | {_share(r['share_of_theoretical_peak'])} | {_share(r['share_of_measured_peak'])} |")
+    if any(r["exceeds_peak"] for _, _, r in rows):
+        lines += ["", "A rate above the theoretical peak is an *effective* rate: the engine computes some convolutions with fewer "
+                  "multiplications than the direct count (e.g. Winograd), so the counted FLOPs over its time pass the peak."]
+    lines += ["", "The network stage includes the sliding window's own work (Gaussian weighting, adding tiles), so its rate is below one forward's."]
+    return lines
 
 
 def device_name(device: str) -> str:
@@ -240,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", nargs="*", default=None, help="settings to run besides the baseline and accurate (default: all)")
     parser.add_argument("--out", default="", help="JSON file (default benchmarks/results/inference_speed_<device>.json)")
+    parser.add_argument("--quiz-case", action="store_true", help="CPU: also time one quiz-sized case with the full ResEncM plan (quiz_case.py)")
+    parser.add_argument("--quiz-iterations", type=int, default=2, help="training iterations of that model")
     args = parser.parse_args(argv)
 
     import tempfile
@@ -256,6 +332,10 @@ def main(argv: list[str] | None = None) -> None:
         truth = {c: truth[c] for c, _ in cases if c in truth}
     with tempfile.TemporaryDirectory() as tmp:
         result = run(model, cases, truth, args.device, Path(tmp), args.only)
+        if args.quiz_case:  # in its own process: nnU-Net reads its folders at import, and this model has others
+            subprocess.run([sys.executable, str(REPO / "benchmarks" / "quiz_case.py"), "--out", f"{tmp}/quiz_case.json",
+                            "--iterations", str(args.quiz_iterations)], check=True)
+            result["quiz_case"] = json.loads(Path(f"{tmp}/quiz_case.json").read_text())
     result = {
         "benchmark": "inference_speed", "device": args.device, "device_name": device_name(args.device), "profile": args.profile,
         "splits": args.splits, "model": model.name, "torch_threads": torch.get_num_threads(),

@@ -220,9 +220,48 @@ def render_learnability(name: str = "classification_learnability_cpu") -> str:
     return f"`benchmarks/results/{name}.json` ({result['date']}, revision `{result['git_revision'][:12]}`): {text}\n"
 
 
+def render_speed(name: str = "inference_speed_cpu") -> str:
+    """The CPU speed headline from the inference benchmark: ``fast`` per engine against nnU-Net on the folder, the
+    roofline of one forward of ``fast``'s batch, and the full ResEncM plan on one quiz-sized case."""
+    result = _json(RESULTS / f"{name}.json")
+    rows = {row["setting"]: row for row in result["rows"]}
+    base = rows["nnunet_defaults"]
+    lines = [f"`benchmarks/results/{name}.json` ({result['date']}, revision `{result['git_revision'][:12]}`), {result['device_name']}, "
+             f"{result['cases']} real CT images of `{result['profile']}`, every row with step 0.5 and all 8 passes:", ""]
+    for setting, engine in (("fast", "torch"), ("fast_openvino", "OpenVINO")):
+        if setting in rows:
+            row = rows[setting]
+            worst = row["min_dice_vs_nnunet"]
+            lines.append(f"* `fast` in {engine}: {row['seconds_per_case']:.2f} s per case against {base['seconds_per_case']:.2f} s for nnU-Net's "
+                         f"defaults, **{row['speedup']:.1f}×**; worst-case Dice against nnU-Net's masks {worst['pancreas']:.4f} (pancreas) / {worst['lesion']:.4f} (lesion).")
+    roof = result.get("roofline")
+    if roof:
+        peak = roof["theoretical_peak"]["gflops"]
+        forward = ", ".join(f"{engine} {r['gflops']:.0f} GFLOP/s ({_share(r['share_of_theoretical_peak'])} of the theoretical fp32 peak"
+                            f"{'' if peak is None else f' of {peak:.0f}'}, {_share(r['share_of_measured_peak'])} of the measured {roof['measured_peak_gflops']:.0f})"
+                            for engine, r in roof["forward"].items())
+        lines.append(f"* One forward pass of `fast`'s batch ({'×'.join(map(str, roof['fast_batch']))}): {forward}.")
+    quiz = result.get("quiz_case")
+    if quiz:
+        q = {row["setting"]: row for row in quiz["rows"]}
+        cached = next(row for name, row in q.items() if "from the cache" in name)
+        first = next(row for name, row in q.items() if "first case" in name)
+        torch_row = q["fast (torch)"]
+        lines.append(f"* A model with nnU-Net's full ResEncM plan (what `local` trains on a GPU) predicts one quiz-sized case "
+                     f"(`{quiz['case']['id']}`, {quiz['case']['gflop'] / 1000:.1f} TFLOP) on this CPU with all 8 passes in "
+                     f"**{cached['seconds']:.0f} s** (`fast`, OpenVINO; {first['seconds']:.0f} s for the first case, which converts and compiles; "
+                     f"{torch_row['seconds']:.0f} s in torch), against **{q['nnunet_defaults']['seconds']:.0f} s** for nnU-Net's defaults.")
+    return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f} %"
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     "targets": render_targets, "details": render_details, "times": render_times, "train": render_train,
     "benchmark": render_benchmark, "heads-chance": render_heads_chance, "profiles": render_profiles, "learnability": render_learnability,
+    "speed": render_speed,
 }
 
 
