@@ -556,3 +556,32 @@ def test_folds_are_calibrated_each_then_averaged(model, tiny_phantom: Path, tmp_
     np.testing.assert_allclose(probabilities, (apply_temperature(single[0][2], 0.5) + apply_temperature(single[1][2], 3.0)) / 2, atol=1e-5)
     np.testing.assert_allclose(both.last_uncalibrated, (single[0][2] + single[1][2]) / 2, atol=1e-5)
     torch.testing.assert_close(logits, (single[0][0] + single[1][0]) / 2, atol=2e-3, rtol=0)  # fp16 tile accumulation
+
+
+def test_the_forward_batch_is_split_to_fit_in_memory_and_no_bit_of_the_answer_changes() -> None:
+    from pancreas_multitask.inference.predictor import inputs_per_forward
+
+    assert inputs_per_forward(16, 1e9, 20e9) == 16
+    assert inputs_per_forward(16, 1e9, 5.5e9) == 4  # 5 fit; the largest divisor of 16 up to 5
+    assert inputs_per_forward(16, 1e9, 0.5e9) == 1 and inputs_per_forward(6, 1e9, 5e9) == 3
+
+
+def test_a_cpu_short_of_memory_predicts_fasts_batch_in_chunks_with_the_same_result(tiny_trained_model: Path, tiny_phantom: Path, monkeypatch) -> None:
+    """nnU-Net's full ResEncM plan with fast's 16 inputs per forward took over 18 GB on a 24 GB CPU machine and was killed;
+    the predictor splits such a batch into equal chunks that fit, and the masks and subtype stay as they were."""
+    import psutil
+
+    from pancreas_multitask.inference import predictor as module
+
+    image = [str(input_cases(tiny_phantom / "quiz" / "test")[0][1])]
+    whole = make_predictor(tiny_trained_model, "fast", engine="torch")
+    expected_logits, _, expected_probabilities = whole.predict_logits(image)
+    chunked = make_predictor(tiny_trained_model, "fast", engine="torch")
+    monkeypatch.setattr(module, "MEMORY_SHARE", 4.5 * chunked.bytes_per_input() / psutil.virtual_memory().available)  # room for 4 inputs
+    sizes: list[int] = []
+    forward = chunked._forward_with_class
+    chunked._forward_with_class = lambda x: (sizes.append(x.shape[0]), forward(x))[1]
+    logits, _, probabilities = chunked.predict_logits(image)
+    assert sizes and set(sizes) == {4}  # 2 tiles x 8 passes per batch, in chunks of 4
+    assert_logits_agree(logits.numpy(), expected_logits.numpy())
+    np.testing.assert_allclose(probabilities, expected_probabilities, atol=1e-5)

@@ -39,6 +39,17 @@ from ..model.calibration import CALIBRATION_FILE, Calibration
 from .engines import OpenVinoForward, cache_root, choose_engine, network_key
 
 CSV_NAME = SUBTYPE_CSV
+# Peak host memory of one input's forward pass, in copies of its largest feature map (the first stage's features at
+# the patch's full size). nnU-Net's full ResEncM plan at 80x128x160 (32 features, 210 MB a map) needed more than
+# 18 GB for fast's 16 inputs per forward on the CPU (the kernel killed it at 18.4 GB): over 5.5 copies each; 16 keeps a margin.
+FEATURE_MAP_COPIES = 16
+MEMORY_SHARE = 0.5  # of the memory available when a forward starts
+
+
+def inputs_per_forward(batch: int, bytes_per_input: float, budget: float) -> int:
+    """The largest divisor of ``batch`` whose inputs fit in ``budget`` bytes, at least 1 (equal chunks: one compiled shape)."""
+    fitting = max(1, int(budget // max(bytes_per_input, 1.0)))
+    return max(d for d in range(1, min(batch, fitting) + 1) if batch % d == 0)
 SIDECAR = ".subtype.json"  # per-case class probabilities and timing; the CSV is rebuilt from them
 
 
@@ -207,19 +218,37 @@ class MultitaskPredictor(nnUNetPredictor):
         if self.mode.channels_last and x.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last_3d)
         if batched:
-            segmentation, class_logits = self._forward_with_class(torch.cat([torch.flip(x, dims) if dims else x for dims in passes]))
+            segmentation, class_logits = self._forward_in_chunks(torch.cat([torch.flip(x, dims) if dims else x for dims in passes]))
             self._keep_tiles(segmentation, class_logits)
             outputs = segmentation.chunk(len(passes))
         else:
             outputs = []
             for dims in passes:
-                segmentation, class_logits = self._forward_with_class(torch.flip(x, dims) if dims else x)
+                segmentation, class_logits = self._forward_in_chunks(torch.flip(x, dims) if dims else x)
                 self._keep_tiles(segmentation, class_logits)
                 outputs.append(segmentation)
         prediction = outputs[0].clone()
         for output, dims in zip(outputs[1:], passes[1:]):  # nnU-Net's order of summation
             prediction += torch.flip(output, dims)
         return prediction / len(passes)
+
+    def bytes_per_input(self) -> float:
+        """Estimated peak host memory of one input's forward pass (``FEATURE_MAP_COPIES`` of its largest feature map, fp32)."""
+        features = self.configuration_manager.network_arch_init_kwargs["features_per_stage"][0]
+        return FEATURE_MAP_COPIES * 4.0 * features * float(np.prod(self.configuration_manager.patch_size))
+
+    def _forward_in_chunks(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward of ``batch``, or on the CPU equal chunks of it that fit in memory (``inputs_per_forward``): the
+        same inputs and outputs, in fewer GB. A GPU keeps the whole batch (``torch.cuda.OutOfMemoryError`` falls back)."""
+        if self.device.type != "cpu":
+            return self._forward_with_class(batch)
+        import psutil
+
+        size = inputs_per_forward(batch.shape[0], self.bytes_per_input(), MEMORY_SHARE * psutil.virtual_memory().available)
+        if size == batch.shape[0]:
+            return self._forward_with_class(batch)
+        parts = [self._forward_with_class(chunk) for chunk in batch.split(size)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def initialize_from_model_folder(self, model_folder: str | Path, folds: Sequence[int | str] = (0,), checkpoint_name: str = "checkpoint_best.pth") -> None:
         """Load plans, dataset.json, settings and the folds' weights; build the network with the project's code."""
