@@ -39,6 +39,7 @@ from ..model.calibration import CALIBRATION_FILE, Calibration
 from .engines import OpenVinoForward, cache_root, choose_engine, network_key
 
 CSV_NAME = SUBTYPE_CSV
+SIDECAR = ".subtype.json"  # per-case class probabilities and timing; the CSV is rebuilt from them
 # Peak host memory of one input's forward pass, in copies of its largest feature map (the first stage's features at
 # the patch's full size). nnU-Net's full ResEncM plan at 80x128x160 (32 features, 210 MB a map) needed more than
 # 18 GB for fast's 16 inputs per forward on the CPU (the kernel killed it at 18.4 GB): over 5.5 copies each; 16 keeps a margin.
@@ -50,7 +51,6 @@ def inputs_per_forward(batch: int, bytes_per_input: float, budget: float) -> int
     """The largest divisor of ``batch`` whose inputs fit in ``budget`` bytes, at least 1 (equal chunks: one compiled shape)."""
     fitting = max(1, int(budget // max(bytes_per_input, 1.0)))
     return max(d for d in range(1, min(batch, fitting) + 1) if batch % d == 0)
-SIDECAR = ".subtype.json"  # per-case class probabilities and timing; the CSV is rebuilt from them
 
 
 @dataclass(frozen=True)
