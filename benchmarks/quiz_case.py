@@ -57,7 +57,8 @@ def quiz_case_markdown(result: dict[str, Any]) -> list[str]:
              f"{'×'.join(map(str, result['patch_size']))} at {'×'.join(f'{s:g}' for s in result['spacing'])} mm), weights from "
              f"{result['iterations']} CPU training iteration(s) of the `local` recipe (timing only), on `{case['id']}` "
              f"({'×'.join(map(str, case['shape']))} voxels at {'×'.join(f'{s:.2f}' for s in case['spacing'])} mm; "
-             f"{case['tiles']} tile(s) × {case['passes']} passes, {case['gflop']:.0f} GFLOP of convolutions):", "",
+             f"{case['tiles']} tile(s) × {case['passes']} passes, {case['gflop']:.0f} GFLOP of convolutions)"
+             + (f"; measured {result['date']} at revision `{result['git_revision'][:12]}`" if "date" in result else "") + ":", "",
              "| setting | s | speedup vs nnU-Net | Dice vs nnU-Net (pancreas / lesion) |", "| --- | --- | --- | --- |"]
     base = result["rows"][0]["seconds"]
     for row in result["rows"]:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     from pancreas_multitask.io import write_json
     from pancreas_multitask.manifest import ProfilePaths, load_manifest
     from pancreas_multitask.profiles import load_parameters
-    from pancreas_multitask.runtime import configure_nnunet
+    from pancreas_multitask.runtime import configure_nnunet, git_revision
     from pancreas_multitask.workspace import Workspace
 
     manifest = load_manifest(REPO / "data_manifest.yaml")
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
     image = sitk.ReadImage(str(case))
     write_json(args.out, {
-        "plans": RESENC_M, "patch_size": patch, "spacing": plans["spacing"], "features": plans["architecture"]["arch_kwargs"]["features_per_stage"],
+        "git_revision": git_revision(REPO), "date": time.strftime("%Y-%m-%d %H:%M"), "plans": RESENC_M, "patch_size": patch, "spacing": plans["spacing"], "features": plans["architecture"]["arch_kwargs"]["features_per_stage"],
         "iterations": args.iterations, "training_seconds": training_seconds,
         "case": {"id": case_id, "shape": list(image.GetSize()[::-1]), "spacing": list(image.GetSpacing()[::-1]), "preprocessed_shape": list(data.shape[1:]),
                  "tiles": tiles, "passes": passes, "gflop": per_sample * tiles * passes / 1e9},
