@@ -250,7 +250,8 @@ def render_speed(name: str = "inference_speed_cpu") -> str:
         lines.append(f"* A model with nnU-Net's full ResEncM plan (what `local` trains on a GPU) predicts one quiz-sized case "
                      f"(`{quiz['case']['id']}`, {quiz['case']['gflop'] / 1000:.1f} TFLOP) on this CPU with all 8 passes in "
                      f"**{cached['seconds']:.0f} s** (`fast`, OpenVINO; {first['seconds']:.0f} s for the first case, which converts and compiles; "
-                     f"{torch_row['seconds']:.0f} s in torch), against **{q['nnunet_defaults']['seconds']:.0f} s** for nnU-Net's defaults.")
+                     f"{torch_row['seconds']:.0f} s in torch), against **{q['nnunet_defaults']['seconds']:.0f} s** for nnU-Net's defaults"
+                     + (f" (its own run, {quiz['date']}, revision `{quiz['git_revision'][:12]}`)." if "date" in quiz else "."))
     return "\n".join(lines) + "\n"
 
 
