@@ -87,6 +87,8 @@ def test_a_second_predictor_loads_the_compiled_network_from_the_cache(model, tin
     logits, _, again = second.predict_logits(image)
     assert [(r["from_cache"], r["seconds_converting"]) for r in second.openvino.records] == [(True, 0.0)]
     assert {p: p.stat().st_mtime_ns for p in files} == files  # nothing rewritten
+    cache = second.openvino.records[0]["cache"]  # named relative to the model folder: a record names no machine's paths
+    assert model.is_absolute() and not Path(cache).is_absolute() and (model / cache).is_dir()
     np.testing.assert_array_equal(logits.numpy(), reference.numpy())
     np.testing.assert_array_equal(again, probabilities)
 

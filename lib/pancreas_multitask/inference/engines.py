@@ -103,7 +103,12 @@ def cache_root(model_folder: Path) -> Path:
             pass
         return folder
     except OSError:
-        return Path(tempfile.gettempdir()) / "pancreas_multitask" / CACHE_FOLDER
+        return temporary_cache_root()
+
+
+def temporary_cache_root() -> Path:
+    """Where the cache goes when the model folder is read-only."""
+    return Path(tempfile.gettempdir()) / "pancreas_multitask" / CACHE_FOLDER
 
 
 @contextlib.contextmanager
@@ -221,7 +226,9 @@ class OpenVinoForward:
         seconds = time.perf_counter() - start
         entry = {"shape": list(shape), "fold": self.fold, "hint": record["hint"], "streams": record["streams"], "threads": self.threads,
                  "probe_seconds": record.get("probe_seconds", {}), "from_cache": from_cache, "seconds": round(seconds, 3),
-                 "seconds_converting": round(converting, 3), "seconds_waiting_for_another_process": round(waited, 3), "cache": str(folder)}
+                 "seconds_converting": round(converting, 3), "seconds_waiting_for_another_process": round(waited, 3),
+                 # beside the model: named relative to the model folder, so a record names no machine's paths
+                 "cache": str(folder) if self.cache == temporary_cache_root() else f"{CACHE_FOLDER}/{key}"}
         self.records.append(entry)
         print(f"OpenVINO: network for input {'x'.join(map(str, shape))} {'loaded from the cache' if from_cache else 'compiled'} in {seconds:.1f} s "
               f"({entry['hint']}, {entry['streams']} stream(s), {self.threads} thread(s)); cache {folder}", flush=True)
