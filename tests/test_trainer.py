@@ -403,7 +403,7 @@ def test_postprocessing_is_determined_on_the_selection_split(tiny_prepared, mani
     monkeypatch.setattr(rcc, "determine_postprocessing", determine)
     ensure_postprocessing(workspace, pre / "gt_segmentations")
     assert seen == {"predictions": cases, "reference": cases}
-    assert json.loads((fold / PP_CASES).read_text()) == {"chosen_on": workspace.selection_split(), "cases": cases}
+    assert json.loads((fold / PP_CASES).read_text()) == {"chosen_on": workspace.selection_split(), "cases": cases, "safeguard": None}  # nothing chosen
     (fold / "validation" / f"{cases[0]}.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match=cases[0]):
         ensure_postprocessing(workspace, pre / "gt_segmentations", force=True)

@@ -8,6 +8,12 @@ exactly the selection split's cases (``Workspace.selection_cases``: the validati
 result beside the checkpoints as ``fold_K/postprocessing.pkl`` (and nnU-Net's ``postprocessing.json``,
 which records the Dice before and after), with the cases it was determined on in ``PP_CASES``, so the
 exported zip carries it.
+
+**Safeguard against a small selection split.** nnU-Net keeps a step when it raises the mean Dice at all; on
+8 cases that over-fits (on real CT, "keep the largest component" chosen on 8 cases lowered the lesion's Dice
+on unseen cases). So what nnU-Net chose is kept only when, paired over the same cases, it raises some region's
+Dice by more than the half-width of that gain's 95 % bootstrap interval and lowers no region's mean Dice
+(``keep_decision``); otherwise the masks stay unchanged. The decision and its numbers go into ``PP_CASES``.
 """
 
 from __future__ import annotations
@@ -61,8 +67,58 @@ def determine_for_fold(fold_folder: str | Path, gt_folder: str | Path, cases: Se
         for name in (PP_PICKLE, PP_JSON):  # atomically, beside the checkpoints
             with atomic_path(fold_folder / name) as target:
                 shutil.copyfile(chosen / name, target)
-    write_json(fold_folder / PP_CASES, {"chosen_on": chosen_on, "cases": sorted(cases)})
+    chosen_fns = load_postprocessing(fold_folder / PP_PICKLE)
+    safeguard = None
+    if chosen_fns[0]:
+        gains = paired_gains([(predictions / f"{c}{ending}", Path(gt_folder) / f"{c}{ending}") for c in cases], chosen_fns)
+        keep, reason = keep_decision(gains)
+        safeguard = {"nnunet_chose": describe(chosen_fns), "kept": keep, "reason": reason, "gains": gains}
+        if not keep:  # the masks stay as predicted: an empty chain, as nnU-Net writes when nothing helped
+            with atomic_path(fold_folder / PP_PICKLE) as target, open(target, "wb") as handle:
+                pickle.dump(([], []), handle)
+    write_json(fold_folder / PP_CASES, {"chosen_on": chosen_on, "cases": sorted(cases), "safeguard": safeguard})
     return json.loads((fold_folder / PP_JSON).read_text())
+
+
+def paired_gains(pairs: Sequence[tuple[Path, Path]], postprocessing: Postprocessing, resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per region (``metrics.region_dices``): the per-case Dice gain of applying ``postprocessing`` to each (prediction, truth)
+    pair, its mean and the bootstrap 95 % interval of the mean."""
+    from .evaluation.metrics import mean_ci, read_label_map, region_dices
+
+    per_case: dict[str, list[float]] = {}
+    for prediction_file, truth_file in pairs:
+        prediction, truth = read_label_map(prediction_file)[0], read_label_map(truth_file)[0]
+        before, after = region_dices(prediction, truth), region_dices(apply(prediction, postprocessing), truth)
+        for region in before:
+            per_case.setdefault(region, []).append(after[region] - before[region])
+    return {region: {"mean": float(np.mean(v)), "ci95": [float(b) for b in mean_ci(v, resamples=resamples, seed=seed)], "per_case": [round(x, 6) for x in v]}
+            for region, v in per_case.items()}
+
+
+def keep_decision(gains: dict[str, dict[str, Any]]) -> tuple[bool, str]:
+    """Keep the postprocessing only if it raises some region's Dice beyond its interval's half-width (the interval's
+    lower end above 0) and lowers no region's mean Dice; (keep, why)."""
+    lowered = [r for r, g in gains.items() if g["mean"] < 0]
+    if lowered:
+        return False, "it lowers the mean Dice of " + ", ".join(f"{r} ({gains[r]['mean']:+.4f})" for r in lowered)
+    clear = [r for r, g in gains.items() if g["ci95"][0] > 0]
+    if not clear:
+        return False, "its gain is within the 95 % interval on these cases (" + ", ".join(
+            f"{r} {g['mean']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]" for r, g in gains.items()) + ")"
+    return True, "it raises " + ", ".join(f"{r} by {gains[r]['mean']:+.4f} [{gains[r]['ci95'][0]:+.4f}, {gains[r]['ci95'][1]:+.4f}]" for r in clear)
+
+
+def decision_line(fold_folder: str | Path) -> str:
+    """What the fold's masks get, with the safeguard's decision when nnU-Net chose a step."""
+    fold_folder = Path(fold_folder)
+    line = describe(load_postprocessing(fold_folder / PP_PICKLE))
+    record = json.loads((fold_folder / PP_CASES).read_text()) if (fold_folder / PP_CASES).is_file() else {}
+    safeguard = record.get("safeguard")
+    if safeguard and not safeguard["kept"]:
+        return f"none kept: nnU-Net chose to {safeguard['nnunet_chose']}, dropped because {safeguard['reason']}"
+    if safeguard:
+        return f"{line} (kept: {safeguard['reason']})"
+    return line
 
 
 def determined_on(fold_folder: str | Path) -> list[str] | None:

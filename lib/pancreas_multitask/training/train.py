@@ -24,7 +24,7 @@ from ..io import remove_stale_temporaries, write_json
 from ..model.calibration import Calibration
 from ..model.folders import AGREEMENT_FILE, CASE_VALIDATION_FILE, CONFIGURATION, DONE_FILE, METRICS_FILE, SELECTED_CHECKPOINT, TRAINER_NAME
 from ..model.settings import MultitaskSettings
-from ..postprocessing import PP_CASES, PP_JSON, PP_PICKLE
+from ..postprocessing import PP_CASES, PP_JSON, PP_PICKLE, decision_line
 from ..runtime import add_trainer_folder, available_cores
 from ..workspace import Workspace
 
@@ -145,8 +145,6 @@ def train(
 def selection_summary(workspace: Workspace, result: TrainingResult) -> dict[str, Any]:
     """Which checkpoint, selected at which epoch on which split, with its validation numbers (pseudo-Dice is
     nnU-Net's patch estimate, the full-volume Dice its final validation) and the estimator check."""
-    from ..postprocessing import describe, load_postprocessing
-
     if not result.metrics_file.is_file():  # nnU-Net's DDP launcher with another trainer's logging
         return {"selected checkpoint": result.selected_checkpoint.name, "stopped because": result.stop_reason}
     metrics = pd.read_csv(result.metrics_file)
@@ -168,7 +166,7 @@ def selection_summary(workspace: Workspace, result: TrainingResult) -> dict[str,
         **case_level_chance(result.output_folder, best, list(workspace.manifest.subtypes)),
         **{f"pseudo-Dice {name} (val patches)": _rounded(row[f"pseudo_dice_{name}"]) for name in pseudo},
         **{f"full-volume Dice {name} (val, nnU-Net)": round(dice, 4) for name, dice in full_volume.items()},
-        "postprocessing (nnU-Net, chosen on the selection split)": describe(load_postprocessing(result.output_folder / PP_PICKLE)) if result.postprocessing else "not determined",
+        "postprocessing (nnU-Net, chosen on the selection split)": decision_line(result.output_folder) if result.postprocessing else "not determined",
         "subtype temperature (fitted on the selection split)": _temperature(result.output_folder),
         "training pass vs deployed estimator (same subtype, val)": f"{agreement['same_subtype']}/{agreement['cases']} ({agreement['deployed_estimator'].split(':')[0]})" if agreement else "not checked",
         "stopped because": result.stop_reason,
@@ -225,13 +223,13 @@ def _recorded(workspace: Workspace, settings: MultitaskSettings, result: Trainin
 def ensure_postprocessing(workspace: Workspace, gt_folder: Path, force: bool = False) -> Path:
     """nnU-Net's postprocessing for the workspace's fold, determined on the full-volume validation of exactly the selection
     split's cases (``Workspace.selection_cases``), unless it is already there for those cases."""
-    from ..postprocessing import describe, determine_for_fold, determined_on, load_postprocessing
+    from ..postprocessing import determine_for_fold, determined_on
 
     fold_folder, cases = workspace.fold_folder, workspace.selection_cases()
     if force or not (fold_folder / PP_PICKLE).is_file() or determined_on(fold_folder) != cases:
         determine_for_fold(fold_folder, gt_folder, cases, available_cores(), chosen_on=workspace.selection_split())
         print(f"postprocessing (determined on the {len(cases)} cases of the selection split, {workspace.selection_split()}): "
-              f"{describe(load_postprocessing(fold_folder / PP_PICKLE))}", flush=True)
+              f"{decision_line(fold_folder)}", flush=True)
     return fold_folder / PP_JSON
 
 
