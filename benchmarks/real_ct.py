@@ -1,21 +1,20 @@
-"""Benchmark: does the subtype head cost segmentation accuracy on real CT?
+"""Benchmark: does the subtype head cost (or help) the segmentation on real CT? With seeds.
 
-Trains, in one process, on the same plans, preprocessed data, budget (epochs x iterations) and seed:
+Trains on the same plans, preprocessed data, budget (the profile's epochs x iterations) and seed, per seed:
 
-* ``nnUNetTrainer_adamw``: nnU-Net's own trainer, segmentation only, with the multitask trainer's
-  optimiser settings (AdamW, the profile's lr and weight decay, nnU-Net's polynomial decay);
-* ``multitask``: ``nnUNetTrainerMultitask`` with the profile's recipe (the same optimiser, plus the
-  subtype head, its loss schedule and learning-rate factor); ``multitask`` − ``nnUNetTrainer_adamw`` is
-  what the head costs or gains the segmentation (paired bootstrap over cases);
-* ``nnUNetTrainer``: nnU-Net's trainer with its own recipe (SGD, lr 1e-2), for reference: it is tuned
-  for 250 000 iterations, not a few hundred.
+* ``plain``: ``nnUNetTrainerMultitask`` with the subtype loss's weight 0 throughout (``plain_settings``): the head
+  is built and gets no gradient, so the shared encoder learns from the segmentation alone. Everything else is the
+  same: the class, sampler, augmentation, optimiser, learning rates, schedule and the segmentation loss's weight;
+* ``multitask``: the profile's recipe, the same plus the subtype loss; ``multitask`` − ``plain`` is what the head's
+  loss does to the segmentation, paired over the same cases and seeds;
+* ``nnUNetTrainer`` (optional): nnU-Net's trainer with its own recipe (SGD, lr 1e-2), for reference.
 
-Each is scored with nnU-Net's own full-volume validation (``perform_actual_validation``, no mirroring
-for all of them) of its **final** weights on the validation split (the 8 real cases for ``realct``),
-so no checkpoint is selected on the split that is reported. Prepares the profile's data first if
-needed. Writes ``benchmarks/results/real_ct_<device>.json`` and ``.md``.
+Each run is scored with nnU-Net's own full-volume validation (``perform_actual_validation``, no mirroring) of its
+**final** weights on the validation split (the 8 real cases for ``realct``), which chooses nothing here (all train
+cases train). Resumable: every finished run is written into the results at once, and a re-run skips the runs
+already there for the same budget. Writes ``benchmarks/results/real_ct_<device>.json`` and ``.md``.
 
-    python benchmarks/real_ct.py [--profile realct] [--epochs 16] [--iterations 25] [--seed 12345]
+    python benchmarks/real_ct.py [--profile realct] [--seeds 0 1 2] [--rows plain multitask]
 """
 
 from __future__ import annotations
@@ -30,24 +29,47 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ("nnUNetTrainer_adamw", "multitask", "nnUNetTrainer")
-BASELINE = "nnUNetTrainer_adamw"  # the same settings without the head
+ROWS = ("plain", "multitask", "nnUNetTrainer")
+BASELINE = "plain"  # the same trainer without the head's loss
 DESCRIPTIONS = {
-    "nnUNetTrainer_adamw": "nnU-Net's trainer, no head, the multitask trainer's optimiser (AdamW, same lr and weight decay)",
-    "multitask": "nnUNetTrainerMultitask: the same optimiser plus the subtype head and its loss schedule",
+    "plain": "nnUNetTrainerMultitask with the subtype loss's weight 0 (head built, no gradient); otherwise identical",
+    "multitask": "nnUNetTrainerMultitask with the profile's recipe: the same plus the subtype loss",
     "nnUNetTrainer": "nnU-Net's trainer and its own recipe (SGD, lr 1e-2), for reference",
 }
+REGIONS = (("dsc_pancreas", "pancreas"), ("dsc_lesion", "lesion"))
+
+
+def plain_settings(settings):
+    """``settings`` with the subtype loss's weight 0 in every epoch; the segmentation loss's weights as they were."""
+    schedule = settings.schedule
+    return replace(settings, schedule=replace(schedule, start=(schedule.start[0], 0.0), end=(schedule.end[0], 0.0)))
+
+
+def row_settings(settings, row: str):
+    """The trainer settings of a multitask-class row (``plain`` or ``multitask``)."""
+    return plain_settings(settings) if row == "plain" else settings
+
+
+def differing(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The keys (dotted, list items by index) where two nested settings dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in differing(a.get(key), b.get(key), f"{prefix}{key}.")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [k for i, (x, y) in enumerate(zip(a, b)) for k in differing(x, y, f"{prefix}{i}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="realct")
-    parser.add_argument("--epochs", type=int, default=16)
-    parser.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
-    parser.add_argument("--val-iterations", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--epochs", type=int, default=0, help="default: the profile's")
+    parser.add_argument("--iterations", type=int, default=0, help="training iterations per epoch (default: the profile's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--rows", nargs="+", default=list(ROWS[:2]), choices=ROWS, help="default: the two that answer the question; add nnUNetTrainer for nnU-Net's own recipe")
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/real_ct_<device>.json)")
@@ -65,25 +87,71 @@ def per_case_dice(summary_file: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def markdown(result: dict) -> str:
+def summarise(runs: list[dict[str, Any]], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Per row: the mean Dice over cases and seeds with a bootstrap CI over cases (each case's mean over seeds), and each
+    seed's mean; against ``BASELINE``, the paired difference (same case, same seed), its CI over cases and each seed's."""
+    from pancreas_multitask.evaluation.metrics import mean_ci
+
+    by_row: dict[str, dict[int, dict]] = {}
+    for run in runs:
+        by_row.setdefault(run["row"], {})[run["seed"]] = run["per_case"]
+    rows = {}
+    for row, seeds in by_row.items():
+        cases = sorted(set.intersection(*(set(c) for c in seeds.values())))
+        entry: dict[str, Any] = {"seeds": sorted(seeds), "cases": len(cases)}
+        for key, short in REGIONS:
+            per_case = np.array([[seeds[k][c][key] for k in sorted(seeds)] for c in cases])  # cases x seeds
+            entry[short] = {"mean": float(per_case.mean()), "ci95": [float(v) for v in mean_ci(per_case.mean(axis=1), resamples=resamples, seed=seed)],
+                            "per_seed": [float(v) for v in per_case.mean(axis=0)]}
+        if row != BASELINE and BASELINE in by_row:
+            paired = sorted(set(seeds) & set(by_row[BASELINE]))
+            if paired:
+                base = by_row[BASELINE]
+                common = [c for c in cases if all(c in base[k] for k in paired)]
+                entry["vs_baseline"] = {"seeds": paired}
+                for key, short in REGIONS:
+                    diff = np.array([[seeds[k][c][key] - base[k][c][key] for k in paired] for c in common])
+                    entry["vs_baseline"][short] = {"mean": float(diff.mean()), "ci95": [float(v) for v in mean_ci(diff.mean(axis=1), resamples=resamples, seed=seed)],
+                                                   "per_seed": [float(v) for v in diff.mean(axis=0)]}
+        rows[row] = entry
+    return rows
+
+
+def markdown(result: dict[str, Any]) -> str:
+    budget = result["budget"]
     lines = [
-        f"Real CT, {result['cases']} validation cases, full volume, final weights; {result['epochs']} epochs x {result['iterations']} iterations, seed {result['seed']}, {result['device']}",
+        f"Real CT, profile `{result['profile']}`, {budget['epochs']} epochs × {budget['iterations']} iterations; the final weights of each run scored by "
+        f"nnU-Net's full-volume validation (no mirroring) on the {result['cases']} validation cases, which chose nothing; {result['device']}. "
+        "Mean over cases and seeds, 95 % bootstrap CI over cases (each case's mean over the seeds); one entry per seed after it.",
         "",
-        f"| trainer | what | s / iteration | DSC whole pancreas [95 % CI] | DSC lesion [95 % CI] | ΔDSC pancreas vs {BASELINE} | ΔDSC lesion vs {BASELINE} |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| trainer | what | seeds | DSC whole pancreas [95 % CI]; per seed | DSC lesion [95 % CI]; per seed | Δ pancreas vs {BASELINE} [95 % CI]; per seed | Δ lesion vs {BASELINE} [95 % CI]; per seed | minutes / run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in result["rows"]:
-        p, l = row["dsc_pancreas"], row["dsc_lesion"]
-        lines.append(
-            f"| {row['trainer']} | {row['description']} | {row['seconds_per_iteration']:.2f} | {p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] "
-            f"| {l['mean']:.3f} [{l['ci95'][0]:.3f}, {l['ci95'][1]:.3f}] | {row.get('delta_pancreas', float('nan')):+.3f} | {row.get('delta_lesion', float('nan')):+.3f} |"
-        )
-    if "head_cost" in result:
-        cost = result["head_cost"]
-        lines += ["", f"What the head costs the segmentation (multitask − {BASELINE}, same settings otherwise): whole pancreas {cost['pancreas']:+.3f} "
-                      f"[{cost['pancreas_ci95'][0]:+.3f}, {cost['pancreas_ci95'][1]:+.3f}], lesion {cost['lesion']:+.3f} "
-                      f"[{cost['lesion_ci95'][0]:+.3f}, {cost['lesion_ci95'][1]:+.3f}] (paired bootstrap over cases)."]
+
+    def cell(value: dict, sign: str = "") -> str:
+        seeds = ", ".join(f"{v:{sign}.3f}" for v in value["per_seed"])
+        return f"{value['mean']:{sign}.3f} [{value['ci95'][0]:{sign}.3f}, {value['ci95'][1]:{sign}.3f}]; {seeds}"
+
+    minutes = {row: np.mean([r["seconds_training"] for r in result["runs"] if r["row"] == row]) / 60 for row in result["summary"]}
+    for row in ROWS:
+        if row not in result["summary"]:
+            continue
+        entry = result["summary"][row]
+        versus = entry.get("vs_baseline")
+        deltas = [cell(versus[short], "+") if versus else "–" for _, short in REGIONS]
+        lines.append(f"| {row} | {DESCRIPTIONS[row]} | {len(entry['seeds'])} | {cell(entry['pancreas'])} | {cell(entry['lesion'])} | {deltas[0]} | {deltas[1]} | {minutes[row]:.1f} |")
+    differ = result.get("settings_differ")
+    if differ is not None:
+        lines += ["", f"The `plain` and `multitask` settings differ only in: {', '.join(differ)} (the subtype loss's weights)."]
     return "\n".join(lines) + "\n"
+
+
+def load_runs(out: Path, profile: str, budget: dict[str, int]) -> list[dict[str, Any]]:
+    """The runs already in ``out`` for this profile and budget (what a re-run skips)."""
+    if not out.is_file():
+        return []
+    previous = json.loads(out.read_text())
+    return list(previous.get("runs", [])) if previous.get("profile") == profile and previous.get("budget") == budget else []
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pancreas_multitask.manifest import load_manifest
     from pancreas_multitask.profiles import load_parameters
-    from pancreas_multitask.runtime import configure_nnunet, detect_device, library_versions
+    from pancreas_multitask.runtime import configure_nnunet, detect_device, git_revision, library_versions
 
     params = load_parameters(REPO / "notebooks" / "params", args.profile)
     manifest = load_manifest(REPO / "data_manifest.yaml")
@@ -100,90 +168,60 @@ def main(argv: list[str] | None = None) -> None:
     device = detect_device(args.device)
     configure_nnunet(paths, device)
 
-    import numpy as np
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from pancreas_multitask.evaluation.metrics import bootstrap_ci, mean_ci
     from pancreas_multitask.experiment_planning.prepare import prepare
-    from pancreas_multitask.model.folders import fold_folder, model_folder
-    from pancreas_multitask.workspace import Workspace
     from pancreas_multitask.io import write_benchmark
-    from pancreas_multitask.training.train import build_trainer, seed_everything
-    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-
+    from pancreas_multitask.model.folders import fold_folder, model_folder
     from pancreas_multitask.model.settings import settings_from_parameters
+    from pancreas_multitask.training.train import build_trainer, seed_everything
     from pancreas_multitask.training.trainers.nnUNetTrainerMultitask import nnUNetTrainerMultitask
+    from pancreas_multitask.workspace import Workspace
 
     plans = params["plans"]
-    prepare(Workspace(manifest, paths, plans), {**params, "split_mode": "given"})  # all 32 train cases; the final weights are scored on the 8 validation cases, which choose nothing here
+    prepare(Workspace(manifest, paths, plans), {**params, "split_mode": "given"})  # all train cases train; the final weights are scored on the validation cases, which choose nothing here
     pre = paths.nnunet_preprocessed / manifest.dataset_name
-    budget = {"epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations_per_epoch": args.val_iterations,
-              "patience": args.epochs + 1, "save_every": args.epochs + 1}
-    class nnUNetTrainerAdamW(nnUNetTrainer):
-        """nnU-Net's trainer with the multitask trainer's optimiser: AdamW, nnU-Net's polynomial decay."""
-
-        def configure_optimizers(self):
-            optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-            return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
-
-    settings = settings_from_parameters({**params, **budget}, len(manifest.subtypes))
-    classes = {"nnUNetTrainer_adamw": nnUNetTrainerAdamW, "multitask": nnUNetTrainerMultitask, "nnUNetTrainer": nnUNetTrainer}
-    rows = []
-    for name in args.rows:
-        seed_everything(args.seed)
-        trainer_class = classes[name]
-        # a fresh fold folder per row
-        shutil.rmtree(fold_folder(model_folder(results_root, manifest.dataset_name, plans, trainer_class.__name__), 0), ignore_errors=True)
-        trainer = build_trainer(pre, plans, 0, device, trainer_class=trainer_class)
-        if name == "multitask":
-            trainer.configure(settings)
-            recipe = {"optimizer": "AdamW", "initial_lr": settings.initial_lr, "weight_decay": settings.weight_decay, "head_lr_factor": settings.head_lr_factor, "loss_schedule": settings.to_dict()["schedule"]}
-        else:
-            trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = args.epochs, args.iterations, args.val_iterations
-            if name == BASELINE:
-                trainer.initial_lr, trainer.weight_decay = settings.initial_lr, settings.weight_decay
-            recipe = {"optimizer": "AdamW" if name == BASELINE else "SGD (nnU-Net)", "initial_lr": trainer.initial_lr, "weight_decay": trainer.weight_decay}
-        start = time.perf_counter()
-        trainer.run_training()
-        seconds = time.perf_counter() - start
-        final = Path(trainer.output_folder) / "checkpoint_final.pth"
-        network = trainer.multitask_network() if isinstance(trainer, nnUNetTrainerMultitask) else trainer.network
-        network.load_state_dict(torch.load(final, map_location=trainer.device, weights_only=False)["network_weights"])  # same footing: final weights
-        trainer.inference_allowed_mirroring_axes = None  # no mirroring TTA in this validation, for every row
-        trainer.perform_actual_validation(save_probabilities=False)
-        log = trainer.logger.local_logger.my_fantastic_logging
-        epoch_seconds = np.array(log["epoch_end_timestamps"]) - np.array(log["epoch_start_timestamps"])
-        cases = per_case_dice(Path(trainer.output_folder) / "validation" / "summary.json")
-        row = {"trainer": name, "description": DESCRIPTIONS[name], **recipe, "seconds_training": round(seconds, 1),
-               "seconds_per_epoch": float(np.median(epoch_seconds)), "seconds_per_iteration": float(np.median(epoch_seconds)) / args.iterations, "per_case": cases}
-        for key in ("dsc_pancreas", "dsc_lesion"):
-            values = np.array([c[key] for c in cases.values()])
-            row[key] = {"mean": float(values.mean()), "median": float(np.median(values)), "ci95": list(mean_ci(values))}
-        rows.append(row)
-        print(f"{name}: pancreas {row['dsc_pancreas']['mean']:.3f}, lesion {row['dsc_lesion']['mean']:.3f}, {row['seconds_per_iteration']:.2f} s/iteration", flush=True)
-        del trainer
-    by_name = {r["trainer"]: r for r in rows}
-    result = {
-        "benchmark": "real_ct", "profile": args.profile, "plans": plans, "plan": params.get("cpu_plan"), "device": device,
-        "epochs": args.epochs, "iterations": args.iterations, "val_iterations": args.val_iterations, "seed": args.seed,
-        "cases": len(rows[0]["per_case"]), "weights": "checkpoint_final (no selection)", "validation": "nnU-Net perform_actual_validation, no mirroring",
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "versions": library_versions(), "rows": rows,
-    }
-    if BASELINE in by_name:
-        for row in rows:
-            row["delta_pancreas"] = row["dsc_pancreas"]["mean"] - by_name[BASELINE]["dsc_pancreas"]["mean"]
-            row["delta_lesion"] = row["dsc_lesion"]["mean"] - by_name[BASELINE]["dsc_lesion"]["mean"]
-    if {"multitask", BASELINE} <= set(by_name):
-        on, off = by_name["multitask"]["per_case"], by_name[BASELINE]["per_case"]
-        cost = {}
-        for key, short in (("dsc_pancreas", "pancreas"), ("dsc_lesion", "lesion")):
-            diff = np.array([on[c][key] - off[c][key] for c in sorted(on)])
-            cost[short] = float(diff.mean())
-            cost[f"{short}_ci95"] = list(bootstrap_ci(lambda idx: diff[idx].mean(axis=1), len(diff)))
-        result["head_cost"] = cost
-    write_benchmark(args.out or REPO / "benchmarks" / "results" / f"real_ct_{device}.json", result, markdown(result))
+    budget = {"epochs": args.epochs or int(params["epochs"]), "iterations": args.iterations or int(params["iterations_per_epoch"]),
+              "val_iterations": int(params["val_iterations_per_epoch"])}
+    settings = settings_from_parameters({**params, "epochs": budget["epochs"], "iterations_per_epoch": budget["iterations"],
+                                         "patience": budget["epochs"] + 1, "save_every": budget["epochs"] + 1}, len(manifest.subtypes))
+    out = args.out or REPO / "benchmarks" / "results" / f"real_ct_{device}.json"
+    runs = load_runs(out, args.profile, budget)
+    done = {(r["row"], r["seed"]) for r in runs}
+    for seed in args.seeds:
+        for row in args.rows:
+            if (row, seed) in done:
+                print(f"{row}, seed {seed}: in {out} already", flush=True)
+                continue
+            seed_everything(seed)
+            trainer_class = nnUNetTrainer if row == "nnUNetTrainer" else nnUNetTrainerMultitask
+            shutil.rmtree(fold_folder(model_folder(results_root, manifest.dataset_name, plans, trainer_class.__name__), 0), ignore_errors=True)  # a fresh fold folder per run
+            trainer = build_trainer(pre, plans, 0, device, trainer_class=trainer_class)
+            if row == "nnUNetTrainer":
+                trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = budget["epochs"], budget["iterations"], budget["val_iterations"]
+            else:
+                trainer.configure(replace(row_settings(settings, row), seed=seed))
+            start = time.perf_counter()
+            trainer.run_training()
+            seconds = time.perf_counter() - start
+            final = Path(trainer.output_folder) / "checkpoint_final.pth"
+            network = trainer.multitask_network() if isinstance(trainer, nnUNetTrainerMultitask) else trainer.network
+            network.load_state_dict(torch.load(final, map_location=trainer.device, weights_only=False)["network_weights"])  # same footing: final weights
+            trainer.inference_allowed_mirroring_axes = None  # no mirroring TTA in this validation, for every row
+            trainer.perform_actual_validation(save_probabilities=False)
+            runs.append({"row": row, "seed": seed, "seconds_training": round(seconds, 1), "git_revision": git_revision(REPO), "date": time.strftime("%Y-%m-%d %H:%M"),
+                         "settings": row_settings(settings, row).to_dict() if row != "nnUNetTrainer" else "nnU-Net's defaults",
+                         "per_case": per_case_dice(Path(trainer.output_folder) / "validation" / "summary.json")})
+            del trainer
+            result = {
+                "benchmark": "real_ct", "profile": args.profile, "plans": plans, "plan": params.get("cpu_plan"), "device": device, "budget": budget,
+                "cases": len(runs[0]["per_case"]), "weights": "checkpoint_final (no selection)", "validation": "nnU-Net perform_actual_validation, no mirroring",
+                "settings_differ": differing(plain_settings(settings).to_dict(), settings.to_dict()),
+                "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+                "versions": library_versions(), "summary": summarise(runs), "runs": runs,
+            }
+            write_benchmark(out, result, markdown(result))  # after every run: an interrupted study resumes from here
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""The real-CT benchmark (``benchmarks/real_ct.py``): its plain row is the multitask trainer without the subtype loss and
+nothing else, the paired differences over cases and seeds, and the resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pancreas_multitask.model.settings import settings_from_parameters
+from pancreas_multitask.profiles import load_parameters
+from pancreas_multitask.training.schedule import loss_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def real_ct():
+    spec = importlib.util.spec_from_file_location("real_ct", REPO / "benchmarks" / "real_ct.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("profile", ["realct", "demo"])
+def test_plain_differs_from_multitask_only_in_the_subtype_loss(real_ct, profile: str) -> None:
+    settings = settings_from_parameters(load_parameters(REPO / "notebooks" / "params", profile), 3)
+    plain = real_ct.row_settings(settings, "plain")
+    assert real_ct.row_settings(settings, "multitask") == settings
+    assert real_ct.differing(plain.to_dict(), settings.to_dict()) == ["schedule.end.1", "schedule.start.1"]
+    for epoch in range(settings.num_epochs + 80):  # through the ramp and past it
+        (seg_plain, cls_plain), (seg, cls) = loss_weights(epoch, plain.schedule), loss_weights(epoch, settings.schedule)
+        assert cls_plain == 0.0 and seg_plain == pytest.approx(seg) and cls > 0
+
+
+def _run(row: str, seed: int, pancreas: list[float], lesion: list[float]) -> dict:
+    return {"row": row, "seed": seed, "seconds_training": 60.0,
+            "per_case": {f"case{i}": {"dsc_pancreas": p, "dsc_lesion": q} for i, (p, q) in enumerate(zip(pancreas, lesion))}}
+
+
+def test_the_paired_difference_is_over_the_same_cases_and_seeds(real_ct) -> None:
+    runs = [_run("plain", 0, [0.6, 0.7, 0.8], [0.1, 0.2, 0.3]), _run("plain", 1, [0.6, 0.6, 0.6], [0.0, 0.0, 0.0]),
+            _run("multitask", 0, [0.7, 0.7, 0.8], [0.3, 0.4, 0.5]), _run("multitask", 1, [0.6, 0.6, 0.9], [0.2, 0.2, 0.2])]
+    summary = real_ct.summarise(runs, resamples=200)
+    assert summary["plain"]["pancreas"]["per_seed"] == pytest.approx([0.7, 0.6]) and "vs_baseline" not in summary["plain"]
+    versus = summary["multitask"]["vs_baseline"]
+    assert versus["seeds"] == [0, 1]
+    assert versus["lesion"]["mean"] == pytest.approx(0.2) and versus["lesion"]["per_seed"] == pytest.approx([0.2, 0.2])
+    assert versus["pancreas"]["per_seed"] == pytest.approx([0.1 / 3, 0.1]) and versus["lesion"]["ci95"] == pytest.approx([0.2, 0.2])
+    low, high = versus["pancreas"]["ci95"]
+    assert low <= versus["pancreas"]["mean"] <= high and high > low  # the cases differ: a real interval
+    result = {"profile": "realct", "budget": {"epochs": 30, "iterations": 25}, "cases": 3, "device": "cpu", "summary": summary, "runs": runs,
+              "settings_differ": ["schedule.end.1", "schedule.start.1"]}
+    text = real_ct.markdown(result)
+    assert "| multitask |" in text and "+0.200 [+0.200, +0.200]; +0.200, +0.200" in text and "differ only in: schedule.end.1, schedule.start.1" in text
+
+
+def test_a_rerun_keeps_the_runs_of_the_same_budget_only(real_ct, tmp_path: Path) -> None:
+    out = tmp_path / "real_ct_cpu.json"
+    budget = {"epochs": 30, "iterations": 25, "val_iterations": 4}
+    assert real_ct.load_runs(out, "realct", budget) == []
+    out.write_text(json.dumps({"profile": "realct", "budget": budget, "runs": [_run("plain", 0, [0.5], [0.1])]}))
+    assert [(r["row"], r["seed"]) for r in real_ct.load_runs(out, "realct", budget)] == [("plain", 0)]
+    assert real_ct.load_runs(out, "realct", {**budget, "epochs": 16}) == [] and real_ct.load_runs(out, "demo", budget) == []
+    assert np.isfinite(real_ct.summarise(real_ct.load_runs(out, "realct", budget))["plain"]["lesion"]["mean"])
