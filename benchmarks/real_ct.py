@@ -15,6 +15,10 @@ cases train). Resumable: every finished run is written into the results at once,
 already there for the same budget. Writes ``benchmarks/results/real_ct_<device>.json`` and ``.md``.
 
     python benchmarks/real_ct.py [--profile realct] [--seeds 0 1 2] [--rows plain multitask]
+
+With ``--curve 0.25 0.5 1 2 4``: the real-CT learning curve instead, ``multitask`` with one seed at those multiples
+of the profile's epochs (its recipe otherwise), with the training minutes on this machine
+(``real_ct_learning_curve_<device>.json``), resumable the same way.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--rows", nargs="+", default=list(ROWS[:2]), choices=ROWS, help="default: the two that answer the question; add nnUNetTrainer for nnU-Net's own recipe")
+    parser.add_argument("--curve", type=float, nargs="+", help="instead: the learning curve, multitask with the first seed at these multiples of the "
+                        "profile's epochs (e.g. 0.25 0.5 1 2 4), into real_ct_learning_curve_<device>.json")
     parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/real_ct_<device>.json)")
     return parser.parse_args(argv)
 
@@ -146,12 +152,45 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_runs(out: Path, profile: str, budget: dict[str, int]) -> list[dict[str, Any]]:
-    """The runs already in ``out`` for this profile and budget (what a re-run skips)."""
+def curve_summary(runs: list[dict[str, Any]], resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """The learning curve: per budget (epochs), the training minutes and each region's mean Dice with its CI over cases."""
+    from pancreas_multitask.evaluation.metrics import mean_ci
+
+    points = []
+    for run in sorted(runs, key=lambda r: r["budget"]["epochs"]):
+        point: dict[str, Any] = {"epochs": run["budget"]["epochs"], "iterations": run["budget"]["epochs"] * run["budget"]["iterations"],
+                                 "minutes": run["seconds_training"] / 60, "seed": run["seed"]}
+        for key, short in REGIONS:
+            values = [c[key] for c in run["per_case"].values()]
+            point[short] = {"mean": float(np.mean(values)), "ci95": [float(v) for v in mean_ci(values, resamples=resamples, seed=seed)]}
+        points.append(point)
+    return points
+
+
+def curve_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"Real CT learning curve, profile `{result['profile']}` (its recipe, {result['iterations_per_epoch']} iterations per epoch; only the epochs change), "
+        f"`multitask`, one seed ({result['seed']}): the final weights scored by nnU-Net's full-volume validation (no mirroring) on the {result['cases']} "
+        f"validation cases, which chose nothing; training minutes on {result['machine']['cpus']} CPU cores ({result['device']}). 95 % bootstrap CI over cases.",
+        "",
+        "| × the profile's budget | epochs | iterations | training minutes | DSC whole pancreas [95 % CI] | DSC lesion [95 % CI] |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for point in result["curve"]:
+        p, q = point["pancreas"], point["lesion"]
+        lines.append(f"| {point['epochs'] / result['profile_epochs']:g} | {point['epochs']} | {point['iterations']} | {point['minutes']:.1f} | "
+                     f"{p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] | {q['mean']:.3f} [{q['ci95'][0]:.3f}, {q['ci95'][1]:.3f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def load_runs(out: Path, profile: str, budget: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """The runs already in ``out`` for this profile (and ``budget``, when given): what a re-run skips."""
     if not out.is_file():
         return []
     previous = json.loads(out.read_text())
-    return list(previous.get("runs", [])) if previous.get("profile") == profile and previous.get("budget") == budget else []
+    if previous.get("profile") != profile or (budget is not None and previous.get("budget") != budget):
+        return []
+    return list(previous.get("runs", []))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,11 +221,57 @@ def main(argv: list[str] | None = None) -> None:
     plans = params["plans"]
     prepare(Workspace(manifest, paths, plans), {**params, "split_mode": "given"})  # all train cases train; the final weights are scored on the validation cases, which choose nothing here
     pre = paths.nnunet_preprocessed / manifest.dataset_name
-    budget = {"epochs": args.epochs or int(params["epochs"]), "iterations": args.iterations or int(params["iterations_per_epoch"]),
-              "val_iterations": int(params["val_iterations_per_epoch"])}
-    settings = settings_from_parameters({**params, "epochs": budget["epochs"], "iterations_per_epoch": budget["iterations"],
-                                         "patience": budget["epochs"] + 1, "save_every": budget["epochs"] + 1}, len(manifest.subtypes))
+    iterations = args.iterations or int(params["iterations_per_epoch"])
+
+    def budget_of(epochs: int) -> dict[str, int]:
+        return {"epochs": epochs, "iterations": iterations, "val_iterations": int(params["val_iterations_per_epoch"])}
+
+    def settings_for(epochs: int):
+        return settings_from_parameters({**params, "epochs": epochs, "iterations_per_epoch": iterations, "patience": epochs + 1, "save_every": epochs + 1},
+                                        len(manifest.subtypes))
+
+    def train_and_score(row: str, seed: int, epochs: int) -> dict[str, Any]:
+        """One run: trained from scratch, its final weights scored on the validation cases."""
+        seed_everything(seed)
+        trainer_class = nnUNetTrainer if row == "nnUNetTrainer" else nnUNetTrainerMultitask
+        shutil.rmtree(fold_folder(model_folder(results_root, manifest.dataset_name, plans, trainer_class.__name__), 0), ignore_errors=True)  # a fresh fold folder per run
+        trainer = build_trainer(pre, plans, 0, device, trainer_class=trainer_class)
+        if row == "nnUNetTrainer":
+            trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = epochs, iterations, budget_of(epochs)["val_iterations"]
+        else:
+            trainer.configure(replace(row_settings(settings_for(epochs), row), seed=seed))
+        start = time.perf_counter()
+        trainer.run_training()
+        seconds = time.perf_counter() - start
+        final = Path(trainer.output_folder) / "checkpoint_final.pth"
+        network = trainer.multitask_network() if isinstance(trainer, nnUNetTrainerMultitask) else trainer.network
+        network.load_state_dict(torch.load(final, map_location=trainer.device, weights_only=False)["network_weights"])  # same footing: final weights
+        trainer.inference_allowed_mirroring_axes = None  # no mirroring TTA in this validation, for every row
+        trainer.perform_actual_validation(save_probabilities=False)
+        return {"row": row, "seed": seed, "budget": budget_of(epochs), "seconds_training": round(seconds, 1), "git_revision": git_revision(REPO),
+                "date": time.strftime("%Y-%m-%d %H:%M"), "settings": row_settings(settings_for(epochs), row).to_dict() if row != "nnUNetTrainer" else "nnU-Net's defaults",
+                "per_case": per_case_dice(Path(trainer.output_folder) / "validation" / "summary.json")}
+
+    common = {"benchmark": "real_ct", "profile": args.profile, "plans": plans, "plan": params.get("cpu_plan"), "device": device,
+              "weights": "checkpoint_final (no selection)", "validation": "nnU-Net perform_actual_validation, no mirroring",
+              "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+              "versions": library_versions()}
+    profile_epochs = args.epochs or int(params["epochs"])
+    if args.curve:  # one seed of multitask at each multiple of the profile's epochs
+        out = args.out or REPO / "benchmarks" / "results" / f"real_ct_learning_curve_{device}.json"
+        runs = [r for r in load_runs(out, args.profile) if r["budget"]["iterations"] == iterations]
+        for scale in args.curve:
+            epochs = max(1, round(profile_epochs * scale))
+            if any(r["budget"]["epochs"] == epochs and r["seed"] == args.seeds[0] for r in runs):
+                print(f"{epochs} epochs: in {out} already", flush=True)
+                continue
+            runs.append(train_and_score("multitask", args.seeds[0], epochs))
+            result = {**common, "benchmark": "real_ct_learning_curve", "profile_epochs": profile_epochs, "iterations_per_epoch": iterations, "seed": args.seeds[0],
+                      "cases": len(runs[0]["per_case"]), "curve": curve_summary(runs), "runs": runs}
+            write_benchmark(out, result, curve_markdown(result))  # after every run: an interrupted curve resumes from here
+        return
     out = args.out or REPO / "benchmarks" / "results" / f"real_ct_{device}.json"
+    budget = budget_of(profile_epochs)
     runs = load_runs(out, args.profile, budget)
     done = {(r["row"], r["seed"]) for r in runs}
     for seed in args.seeds:
@@ -194,33 +279,10 @@ def main(argv: list[str] | None = None) -> None:
             if (row, seed) in done:
                 print(f"{row}, seed {seed}: in {out} already", flush=True)
                 continue
-            seed_everything(seed)
-            trainer_class = nnUNetTrainer if row == "nnUNetTrainer" else nnUNetTrainerMultitask
-            shutil.rmtree(fold_folder(model_folder(results_root, manifest.dataset_name, plans, trainer_class.__name__), 0), ignore_errors=True)  # a fresh fold folder per run
-            trainer = build_trainer(pre, plans, 0, device, trainer_class=trainer_class)
-            if row == "nnUNetTrainer":
-                trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = budget["epochs"], budget["iterations"], budget["val_iterations"]
-            else:
-                trainer.configure(replace(row_settings(settings, row), seed=seed))
-            start = time.perf_counter()
-            trainer.run_training()
-            seconds = time.perf_counter() - start
-            final = Path(trainer.output_folder) / "checkpoint_final.pth"
-            network = trainer.multitask_network() if isinstance(trainer, nnUNetTrainerMultitask) else trainer.network
-            network.load_state_dict(torch.load(final, map_location=trainer.device, weights_only=False)["network_weights"])  # same footing: final weights
-            trainer.inference_allowed_mirroring_axes = None  # no mirroring TTA in this validation, for every row
-            trainer.perform_actual_validation(save_probabilities=False)
-            runs.append({"row": row, "seed": seed, "seconds_training": round(seconds, 1), "git_revision": git_revision(REPO), "date": time.strftime("%Y-%m-%d %H:%M"),
-                         "settings": row_settings(settings, row).to_dict() if row != "nnUNetTrainer" else "nnU-Net's defaults",
-                         "per_case": per_case_dice(Path(trainer.output_folder) / "validation" / "summary.json")})
-            del trainer
-            result = {
-                "benchmark": "real_ct", "profile": args.profile, "plans": plans, "plan": params.get("cpu_plan"), "device": device, "budget": budget,
-                "cases": len(runs[0]["per_case"]), "weights": "checkpoint_final (no selection)", "validation": "nnU-Net perform_actual_validation, no mirroring",
-                "settings_differ": differing(plain_settings(settings).to_dict(), settings.to_dict()),
-                "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-                "versions": library_versions(), "summary": summarise(runs), "runs": runs,
-            }
+            runs.append(train_and_score(row, seed, profile_epochs))
+            result = {**common, "budget": budget, "cases": len(runs[0]["per_case"]),
+                      "settings_differ": differing(plain_settings(settings_for(profile_epochs)).to_dict(), settings_for(profile_epochs).to_dict()),
+                      "summary": summarise(runs), "runs": runs}
             write_benchmark(out, result, markdown(result))  # after every run: an interrupted study resumes from here
 
 

@@ -66,3 +66,14 @@ def test_a_rerun_keeps_the_runs_of_the_same_budget_only(real_ct, tmp_path: Path)
     assert [(r["row"], r["seed"]) for r in real_ct.load_runs(out, "realct", budget)] == [("plain", 0)]
     assert real_ct.load_runs(out, "realct", {**budget, "epochs": 16}) == [] and real_ct.load_runs(out, "demo", budget) == []
     assert np.isfinite(real_ct.summarise(real_ct.load_runs(out, "realct", budget))["plain"]["lesion"]["mean"])
+
+
+def test_the_learning_curve_is_ordered_by_budget_with_minutes(real_ct) -> None:
+    runs = [{**_run("multitask", 0, [0.7, 0.8], [0.3, 0.5]), "budget": {"epochs": 60, "iterations": 25}, "seconds_training": 3000.0},
+            {**_run("multitask", 0, [0.5, 0.6], [0.0, 0.2]), "budget": {"epochs": 15, "iterations": 25}, "seconds_training": 750.0}]
+    curve = real_ct.curve_summary(runs, resamples=200)
+    assert [(p["epochs"], p["iterations"], p["minutes"]) for p in curve] == [(15, 375, 12.5), (60, 1500, 50.0)]
+    assert curve[0]["lesion"]["mean"] == pytest.approx(0.1) and curve[1]["pancreas"]["mean"] == pytest.approx(0.75)
+    result = {"profile": "realct", "iterations_per_epoch": 25, "seed": 0, "cases": 2, "machine": {"cpus": 2}, "device": "cpu", "profile_epochs": 30, "curve": curve}
+    text = real_ct.curve_markdown(result)
+    assert "| 0.5 | 15 | 375 | 12.5 | 0.550" in text and "| 2 | 60 | 1500 | 50.0 | 0.750" in text
