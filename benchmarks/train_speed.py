@@ -305,8 +305,8 @@ def bound_markdown(result: dict[str, Any]) -> list[str]:
         lines.append(f"OpenVINO, the faster engine at inference, has to take the weights as inputs here (they change between passes): "
                      f"{forward['torch'] / forward['openvino']:.2f}× torch's forward on the same {alternative['forwards']} batches (largest output difference "
                      f"{alternative['max_output_difference']:.1e}), after a one-off export and conversion of {alternative['seconds_export_and_convert']:.1f} s "
-                     f"and a compile of {alternative['seconds_compile']:.1f} s. Over the profile's {result['profile_epochs']} epochs that gives "
-                     f"{100 * bound['openvino']['overhead']:+.1f} % per epoch.")
+                     f"and a compile of {alternative['seconds_compile']:.1f} s. Over the profile's {result['profile_epochs']} epochs that would give "
+                     f"{100 * bound['openvino']['overhead']:+.1f} % per epoch (projected from these rates, not run).")
     return lines
 
 
