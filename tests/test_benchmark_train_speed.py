@@ -29,6 +29,7 @@ def test_the_bound_is_the_pass_the_target_allows_and_what_openvino_would_give(tr
     assert bound["pass_seconds_allowed"] == pytest.approx(5.0)  # (1.05 * 10 - 10) / 0.1
     assert bound["speedup_needed"] == pytest.approx(1.6)
     assert bound["overhead_measured_pass"] == pytest.approx(0.08)  # 0.1 * 8 s on 10 s
+    assert bound["share_of_own_epoch"] == pytest.approx(0.08)
     # OpenVINO halves the 6 s in the network: a 5 s pass, and its 12 s one-off spread over 60 epochs
     assert bound["openvino"]["pass_seconds"] == pytest.approx(5.0)
     assert bound["openvino"]["overhead"] == pytest.approx((0.1 * 5.0 + 12.0 / 60) / 10.0)
@@ -36,7 +37,7 @@ def test_the_bound_is_the_pass_the_target_allows_and_what_openvino_would_give(tr
 
 def test_a_multitask_epoch_already_over_the_target_leaves_no_pass(train_speed) -> None:
     bound = train_speed.overhead_bound(plain_epoch=10.0, multitask_epoch=11.0, rate=0.1, profile_epochs=60, case_pass=CASE_PASS)
-    assert bound["pass_seconds_allowed"] < 0 and bound["speedup_needed"] is None
+    assert bound["pass_seconds_allowed"] < 0 and bound["speedup_needed"] is None and bound["share_of_own_epoch"] == pytest.approx(0.8 / 11)
     result = {"case_pass": CASE_PASS, "bound": bound, "profile_epochs": 60}
     text = "\n".join(train_speed.bound_markdown(result))
     assert "which no pass can reach" in text and "2.00× torch's forward" in text
