@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -170,3 +171,11 @@ def break_spacing(path: Path, where: str = "pixdim", axis: int = 2) -> None:
         for row in (280, 296, 312):  # srow_x, srow_y, srow_z
             struct.pack_into("<f", data, row + 4 * axis, 0.0)
     path.write_bytes(gzip.compress(bytes(data)))
+
+
+def load_script(path: Path):
+    """A script of the repository (``benchmarks/``, ``scripts/``), which is not a package, imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

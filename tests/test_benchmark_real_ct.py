@@ -3,13 +3,13 @@ nothing else, the paired differences over cases and seeds, and the resume."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_script
 from pancreas_multitask.model.settings import settings_from_parameters
 from pancreas_multitask.profiles import load_parameters
 from pancreas_multitask.training.schedule import loss_weights
@@ -19,10 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def real_ct():
-    spec = importlib.util.spec_from_file_location("real_ct", REPO / "benchmarks" / "real_ct.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "real_ct.py")
 
 
 @pytest.mark.parametrize("profile", ["realct", "demo"])

@@ -4,7 +4,6 @@ the peak from /proc/cpuinfo text, the case choice and the Markdown."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,15 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
     sys.path.insert(0, str(REPO / "benchmarks"))  # quiz_case imports its sibling modules
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,18 @@ case-level pass, what OpenVINO with the weights as inputs would give, and the Ma
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def train_speed():
-    spec = importlib.util.spec_from_file_location("train_speed", REPO / "benchmarks" / "train_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "train_speed.py")
 
 
 CASE_PASS = {"cases": 15, "tiles": 90, "forwards": 45, "seconds": 8.0, "network_seconds": 6.0, "network_share": 0.75, "step": 1.0, "mirroring": False,
