@@ -427,6 +427,14 @@ def markdown(result: dict) -> str:
         per_seed = row["predicted_pooling"].get("recall_per_seed") or []
         lines.append(f"| {row['variant']} | {row['iterations']} | {row['train_cases']} | "
                      + "; ".join(" / ".join("n/a" if v is None else f"{v:.2f}" for v in seed) for seed in per_seed) + " |")
+    lines += ["", "**Validation macro-F1** of each selected checkpoint (the split that chose it, and the one a choice between heads may use), "
+              "one entry per seed; mean and spread (largest − smallest) over seeds:", "",
+              "| head | iterations | train cases | per seed | mean | spread |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in result["summary"]:
+        values = [v for v in row.get("validation_macro_f1", []) if v is not None]
+        if values:
+            lines.append(f"| {row['variant']} | {row['iterations']} | {row['train_cases']} | {', '.join(f'{v:.3f}' for v in values)} "
+                         f"| {sum(values) / len(values):.3f} | {max(values) - min(values):.3f} |")
     lines += ["", "Minutes / run: the training's wall time on this machine (2 cores), mean over seeds; a run that shared the cores "
               "with other work took longer, so compare budgets by their iterations, not by these minutes."]
     return "\n".join(lines) + "\n"

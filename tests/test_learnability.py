@@ -229,3 +229,6 @@ def test_one_study_run_trains_and_scores_three_ways(tiny_prepared, manifest, tmp
     assert "| default | 2 | 10000 | 1 |" in table
     recall = summary[0]["predicted_pooling"]["recall_per_seed"][0]
     assert "| default | 2 | 10000 | " + " / ".join("n/a" if v is None else f"{v:.2f}" for v in recall) + " |" in table  # the recall table
+    two_seeds = [{**summary[0], "validation_macro_f1": [0.6, 0.7, None]}]  # the validation table: the split a choice between heads may use
+    assert "| default | 2 | 10000 | 0.600, 0.700 | 0.650 | 0.100 |" in markdown({"references": {"rows": {}, "fitted_on": "train", "scored_on": "test"},
+                                                                            "phantom": {"train": [1], "validation": [1], "test": 1, "seed": 0}, "summary": two_seeds})
