@@ -34,7 +34,6 @@ PP_PICKLE = "postprocessing.pkl"
 PP_JSON = "postprocessing.json"
 PP_CASES = "postprocessing_cases.json"  # the cases the postprocessing was determined on
 VALIDATION_FOLDER = "validation"  # where nnU-Net's final validation writes its predictions
-UNPROCESSED = "no_postprocessing"  # inference keeps the masks before postprocessing here, for the before/after Dice
 
 Postprocessing = tuple[list[Callable], list[dict[str, Any]]]
 

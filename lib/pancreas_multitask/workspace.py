@@ -18,6 +18,8 @@ from .dataset.ground_truth import ANSWER_KEY_CSV, ANSWER_KEY_MASKS, GroundTruthC
 from .manifest import Manifest, ProfilePaths, load_manifest
 from .model.folders import fold_folder, model_folder
 
+UNPROCESSED = "no_postprocessing"  # inference keeps the masks before postprocessing here, for the before/after Dice
+
 
 @dataclass(frozen=True)
 class Workspace:

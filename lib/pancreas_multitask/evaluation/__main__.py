@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..dataset.ground_truth import read_answer_key, read_quiz_layout
     from .report import REPORT_NAME, collect_provenance, write_report
     from .stage import data_note
-    from ..postprocessing import UNPROCESSED
+    from ..workspace import UNPROCESSED
 
     try:
         clear_outputs(args.output_folder, (METRICS_JSON, PER_CASE_CSV, REPORT_NAME))  # a killed re-run leaves no stale mix

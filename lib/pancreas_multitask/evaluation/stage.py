@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from ..io import write_json
 from ..model.folders import METRICS_FILE, SUBTYPE_CSV
-from ..postprocessing import UNPROCESSED
+from ..workspace import UNPROCESSED
 from ..workspace import Workspace
 from .evaluate import METRICS_JSON, EvaluationResult, evaluate_folder
 from ..dataset.scan import read_scan_problems

@@ -32,7 +32,8 @@ from ..runtime import is_headless, progress
 from ..model.network import MultitaskNetwork, build_multitask_network
 from ..model.folders import PROB_PREFIX, SUBTYPE_CSV, TRAINER_NAME, UNCALIBRATED_PREFIX
 from ..model.settings import SETTINGS_FILE, MultitaskSettings
-from ..postprocessing import UNPROCESSED, Postprocessing, load_postprocessing, postprocessing_file
+from ..postprocessing import Postprocessing, load_postprocessing, postprocessing_file
+from ..workspace import UNPROCESSED
 from ..postprocessing import apply as apply_postprocessing
 from ..model.aggregation import aggregate_class_probabilities, tile_weight
 from ..model.calibration import CALIBRATION_FILE, Calibration
