@@ -13,6 +13,7 @@ A block is the text between ``<!-- render:KIND ARG ... -->`` and ``<!-- /render:
 * ``benchmark NAME``: ``benchmarks/results/NAME.md`` as its script wrote it, with the date and revision from ``NAME.json``;
 * ``heads-chance``: the chance line and the answers per subtype of every head in ``classification_heads_cpu.json``;
 * ``learnability [NAME]``: the learnability study's headline (``evaluation.learnability.headline``) from ``NAME.json``;
+* ``real-ct [NAME]``, ``real-ct-curve [NAME]``: the head's effect on real CT with seeds, and the real-CT learning curve (``benchmarks/real_ct.py``);
 * ``profiles demo=RUN realct=RUN``: the profiles, their cases (from their parameters or the run's records) and the quoted runs' time.
 
 A run is published with ``scripts/publish_run.py``; ``tests/test_docs.py`` runs ``--check``.
@@ -251,8 +252,31 @@ def render_speed(name: str = "inference_speed_cpu") -> str:
                      f"(`{quiz['case']['id']}`, {quiz['case']['gflop'] / 1000:.1f} TFLOP) on this CPU with all 8 passes in "
                      f"**{cached['seconds']:.0f} s** (`fast`, OpenVINO; {first['seconds']:.0f} s for the first case, which converts and compiles; "
                      f"{torch_row['seconds']:.0f} s in torch), against **{q['nnunet_defaults']['seconds']:.0f} s** for nnU-Net's defaults"
-                     + (f" (its own run, {quiz['date']}, revision `{quiz['git_revision'][:12]}`)." if "date" in quiz else "."))
+                     + (f" (measured {quiz['date']}, revision `{quiz['git_revision'][:12]}`)." if "date" in quiz else "."))
     return "\n".join(lines) + "\n"
+
+
+def _benchmark_script(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def render_real_ct(name: str = "real_ct_cpu") -> str:
+    """The head's effect on the real-CT segmentation, with seeds, as its intervals allow (``real_ct.headline``)."""
+    result = _json(RESULTS / f"{name}.json")
+    text = _benchmark_script("real_ct").headline(result) if "summary" in result else ""
+    if not text:
+        raise ValueError(f"{RESULTS / name}.json has no paired seeded runs yet: run benchmarks/real_ct.py --seeds 0 1 2")
+    return f"`benchmarks/results/{name}.json` ({result['runs'][-1]['date']}, revision `{result['runs'][-1]['git_revision'][:12]}`): {text}\n"
+
+
+def render_real_ct_curve(name: str = "real_ct_learning_curve_cpu") -> str:
+    """What a CPU user gets for the training minutes of each point of the real-CT learning curve (``real_ct.curve_headline``)."""
+    result = _json(RESULTS / f"{name}.json")
+    last = result["runs"][-1]
+    return f"`benchmarks/results/{name}.json` ({last['date']}, revision `{last['git_revision'][:12]}`): {_benchmark_script('real_ct').curve_headline(result)}\n"
 
 
 def _share(value: float | None) -> str:
@@ -262,7 +286,7 @@ def _share(value: float | None) -> str:
 RENDERERS: dict[str, Callable[..., str]] = {
     "targets": render_targets, "details": render_details, "times": render_times, "train": render_train,
     "benchmark": render_benchmark, "heads-chance": render_heads_chance, "profiles": render_profiles, "learnability": render_learnability,
-    "speed": render_speed,
+    "speed": render_speed, "real-ct": render_real_ct, "real-ct-curve": render_real_ct_curve,
 }
 
 
