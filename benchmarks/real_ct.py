@@ -152,6 +152,45 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def effect_words(effect: dict[str, Any]) -> str:
+    """A paired difference said as its CI allows: a direction only when the interval excludes 0."""
+    low, high = effect["ci95"]
+    numbers = f"{effect['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    if low > 0:
+        return f"raises it by {numbers}"
+    if high < 0:
+        return f"lowers it by {numbers}"
+    return f"changes it by {numbers}, an interval that includes 0: no difference these cases can detect"
+
+
+def headline(result: dict[str, Any]) -> str:
+    """What the subtype head's loss does to the segmentation, with seeds, as the intervals allow ('' before any paired run)."""
+    versus = result["summary"].get("multitask", {}).get("vs_baseline")
+    if not versus:
+        return ""
+    budget, seeds = result["budget"], versus["seeds"]
+    parts = []
+    for _, short in REGIONS:
+        effect = versus[short]
+        spread = ", ".join(f"{v:+.3f}" for v in effect["per_seed"])
+        parts.append(f"on the {'whole pancreas' if short == 'pancreas' else short} it {effect_words(effect)} (per seed {spread})")
+    plain = result["summary"][BASELINE]
+    return (f"Adding the subtype head's loss to the same trainer (`{BASELINE}`: its weight 0, nothing else changed), at `{result['profile']}`'s budget "
+            f"({budget['epochs']} epochs × {budget['iterations']} iterations), {len(seeds)} seed(s), the final weights scored on the "
+            f"{result['cases']} validation cases that chose nothing: " + "; ".join(parts)
+            + f". Without it the lesion Dice is {plain['lesion']['mean']:.3f} and the whole pancreas {plain['pancreas']['mean']:.3f}."
+            + (" One seed is not a result; see the per-seed entries." if len(seeds) < 2 else ""))
+
+
+def curve_headline(result: dict[str, Any]) -> str:
+    """What a CPU user gets for the training minutes of each point of the curve."""
+    points = [f"{p['minutes']:.0f} min ({p['epochs']} epochs): whole pancreas {p['pancreas']['mean']:.3f} [{p['pancreas']['ci95'][0]:.3f}, "
+              f"{p['pancreas']['ci95'][1]:.3f}], lesion {p['lesion']['mean']:.3f} [{p['lesion']['ci95'][0]:.3f}, {p['lesion']['ci95'][1]:.3f}]"
+              for p in result["curve"]]
+    return (f"Training `{result['profile']}`'s recipe for longer on {result['machine']['cpus']} CPU cores (one seed, final weights, "
+            f"{result['cases']} validation cases that chose nothing): " + "; ".join(points) + ".")
+
+
 def curve_summary(runs: list[dict[str, Any]], resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
     """The learning curve: per budget (epochs), the training minutes and each region's mean Dice with its CI over cases."""
     from pancreas_multitask.evaluation.metrics import mean_ci

@@ -74,3 +74,25 @@ def test_the_learning_curve_is_ordered_by_budget_with_minutes(real_ct) -> None:
     result = {"profile": "realct", "iterations_per_epoch": 25, "seed": 0, "cases": 2, "machine": {"cpus": 2}, "device": "cpu", "profile_epochs": 30, "curve": curve}
     text = real_ct.curve_markdown(result)
     assert "| 0.5 | 15 | 375 | 12.5 | 0.550" in text and "| 2 | 60 | 1500 | 50.0 | 0.750" in text
+
+
+def test_the_headline_states_a_direction_only_when_the_interval_excludes_zero(real_ct) -> None:
+    runs = [_run("plain", s, [0.70, 0.60, 0.80, 0.65], [0.10, 0.20, 0.00, 0.15]) for s in (0, 1)]
+    runs += [_run("multitask", 0, [0.72, 0.58, 0.81, 0.64], [0.40, 0.45, 0.30, 0.35]),
+             _run("multitask", 1, [0.72, 0.58, 0.81, 0.64], [0.35, 0.50, 0.25, 0.40])]
+    result = {"profile": "realct", "budget": {"epochs": 30, "iterations": 25}, "cases": 4, "summary": real_ct.summarise(runs, resamples=500)}
+    text = real_ct.headline(result)
+    assert "on the lesion it raises it by +0.2" in text  # every case gains: the interval is above 0
+    assert "on the whole pancreas it changes it by" in text and "includes 0" in text  # gains and losses: no direction claimed
+    assert "2 seed(s)" in text and "One seed" not in text
+    lowered = {"mean": -0.1, "ci95": [-0.2, -0.05], "per_seed": [-0.1]}
+    assert real_ct.effect_words(lowered).startswith("lowers it by -0.100")
+    assert real_ct.headline({**result, "summary": {"plain": result["summary"]["plain"]}}) == ""  # nothing paired yet
+
+
+def test_the_curve_headline_names_minutes_and_both_regions(real_ct) -> None:
+    runs = [{**_run("multitask", 0, [0.5, 0.6], [0.1, 0.2]), "budget": {"epochs": e, "iterations": 25}, "seconds_training": 60.0 * m}
+            for e, m in ((8, 7), (30, 26))]
+    result = {"profile": "realct", "machine": {"cpus": 2}, "cases": 2, "curve": real_ct.curve_summary(runs, resamples=200)}
+    text = real_ct.curve_headline(result)
+    assert "7 min (8 epochs): whole pancreas 0.550" in text and "26 min (30 epochs)" in text and "lesion 0.150" in text

@@ -407,3 +407,26 @@ def test_postprocessing_is_determined_on_the_selection_split(tiny_prepared, mani
     (fold / "validation" / f"{cases[0]}.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match=cases[0]):
         ensure_postprocessing(workspace, pre / "gt_segmentations", force=True)
+
+
+def test_oversample_foreground_reaches_nnunet_dataloader(tiny_prepared, manifest, results) -> None:
+    """The ``oversample_foreground`` setting is nnU-Net's ``oversample_foreground_percent``: a batch at 1.0 is all centred on foreground."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    untouched = _trainer(tiny_prepared, manifest, MultitaskSettings(num_epochs=1, **TINY_RUN))
+    plain = build_trainer(tiny_prepared.nnunet_preprocessed / manifest.dataset_name, CPU_PLANS, 0, "cpu", trainer_class=nnUNetTrainer)
+    assert untouched.oversample_foreground_percent == plain.oversample_foreground_percent  # None keeps nnU-Net's own
+    trainer = _trainer(tiny_prepared, manifest, MultitaskSettings(num_epochs=1, oversample_foreground=1.0, **TINY_RUN))
+    trainer.on_train_start()
+    try:
+        loader = trainer.dataloader_train
+        data_loader = getattr(loader, "data_loader", None) or getattr(loader, "generator")  # nnU-Net's single- or multi-threaded augmenter
+        assert data_loader.oversample_foreground_percent == 1.0
+        for _ in range(3):
+            highest = next(loader)["target"][0]
+            assert all(bool((patch > 0).any()) for patch in highest)
+    finally:
+        for loader in (trainer.dataloader_train, trainer.dataloader_val):
+            loader._finish()
+    with pytest.raises(ValueError, match="oversample_foreground"):
+        MultitaskSettings(oversample_foreground=1.5)

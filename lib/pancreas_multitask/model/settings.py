@@ -84,6 +84,7 @@ class MultitaskSettings:
     deployed_check_cases: int = -1  # validation cases for that check: -1 all, 0 none, N spread over the subtypes
     calibrate: bool = True  # temperature scaling of the deployed mode's case probabilities, fitted on the validation cases at the end
     class_weight_smoothing: float = 1.0
+    oversample_foreground: float | None = None  # nnU-Net's oversample_foreground_percent (the share of a batch centred on foreground); None: nnU-Net's own
     save_every: int = 50
     final_validation_mirroring: bool = True  # nnU-Net's mirroring TTA in the final validation (8x the cost)
     seed: int = 12345
@@ -93,6 +94,8 @@ class MultitaskSettings:
     def __post_init__(self) -> None:
         if self.case_val_every < 1:
             raise ValueError(f"case_val_every must be at least 1, got {self.case_val_every}")
+        if self.oversample_foreground is not None and not 0.0 <= self.oversample_foreground <= 1.0:
+            raise ValueError(f"oversample_foreground must be between 0 and 1 (a share of the batch), got {self.oversample_foreground}")
         if self.patience < self.case_val_every:  # the criterion exists only at case-level passes
             raise ValueError(f"patience ({self.patience}) must be at least case_val_every ({self.case_val_every}): early stopping would stop "
                              "before the next case-level pass could measure an improvement")

@@ -84,6 +84,8 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         self.initial_lr = settings.initial_lr
         self.weight_decay = settings.weight_decay
         self.save_every = settings.save_every
+        if settings.oversample_foreground is not None:  # read by nnU-Net's get_dataloaders
+            self.oversample_foreground_percent = settings.oversample_foreground
 
     def _do_i_compile(self) -> bool:
         # torch.compile only when asked for explicitly: the head's side output is untested under compile
