@@ -101,10 +101,11 @@ def run_recipe(name: str, device: str) -> dict[str, Any]:
     trained = time.perf_counter()
     inference = predict(workspace, {**params, "mode": "fast", "postprocessing": True, "input_splits": ["validation"], "overwrite": True}, device)
     folder = inference.outputs["validation"]
+    unprocessed = folder / UNPROCESSED  # written only when a postprocessing is applied
     return {"recipe": name, "description": description, "overlay": overlay, "device": device,
             "seconds_prepare": round(prepared - start, 1), "seconds_training": round(trained - prepared, 1), "seconds_inference": round(time.perf_counter() - trained, 1),
             "selection": {"split": f"fold 0's held-out train cases ({workspace.selection_split()})", "per_case": per_case_dice(result.final_validation)},
-            "validation": {"per_case": validation_dice(workspace, folder), "per_case_unprocessed": validation_dice(workspace, folder / UNPROCESSED)},
+            "validation": {"per_case": validation_dice(workspace, folder), "per_case_unprocessed": validation_dice(workspace, unprocessed) if any(unprocessed.glob("*.nii.gz")) else None},
             "postprocessing": decision_line(result.output_folder), "stop_reason": result.stop_reason,
             "git_revision": git_revision(REPO), "date": time.strftime("%Y-%m-%d %H:%M"), "versions": library_versions()}
 
