@@ -151,7 +151,8 @@ def render_train(run: str) -> str:
 def render_benchmark(name: str) -> str:
     data = _json(RESULTS / f"{name}.json")
     table = (RESULTS / f"{name}.md").read_text().strip()
-    when = f"{data['date']}, revision `{str(data.get('git_revision', 'not recorded'))[:12]}`" if data.get("date") else "date and revision not recorded"
+    stamped = data if data.get("date") else (data.get("runs") or [{}])[-1]  # a resumable benchmark stamps each run: its latest
+    when = f"{stamped['date']}, revision `{str(stamped.get('git_revision', 'not recorded'))[:12]}`" if stamped.get("date") else "date and revision not recorded"
     return f"`benchmarks/results/{name}.json` ({when}):\n\n{table}\n"
 
 

@@ -142,3 +142,14 @@ def test_publishing_a_run_makes_paths_relative_and_refuses_records_of_another_ru
     os.utime(root / "work" / "smoke" / "train.json", (later, later))  # a later run's record in the same work folder
     with pytest.raises(SystemExit, match="train.json: not written by run 20260101-000000-smoke"):
         publish.publish(run, root / "published", root)
+
+
+def test_a_resumable_benchmark_is_stamped_with_its_latest_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    render = _render()
+    monkeypatch.setattr(render, "RESULTS", tmp_path)
+    runs = [{"date": "2026-01-01 10:00", "git_revision": "a" * 40}, {"date": "2026-01-02 11:00", "git_revision": "b" * 40}]
+    (tmp_path / "x.json").write_text(json.dumps({"runs": runs}))
+    (tmp_path / "x.md").write_text("| table |\n")
+    assert render.render_benchmark("x").startswith(f"`benchmarks/results/x.json` (2026-01-02 11:00, revision `{'b' * 12}`)")
+    (tmp_path / "x.json").write_text(json.dumps({}))
+    assert "date and revision not recorded" in render.render_benchmark("x")
