@@ -18,7 +18,8 @@ already there for the same budget. Writes ``benchmarks/results/real_ct_<device>.
 
 With ``--curve 0.25 0.5 1 2 4``: the real-CT learning curve instead, ``multitask`` with one seed at those multiples
 of the profile's epochs (its recipe otherwise), with the training minutes on this machine
-(``real_ct_learning_curve_<device>.json``), resumable the same way.
+(``real_ct_learning_curve_<device>.json``), resumable the same way. The point at the profile's own budget is the
+seeded study's ``multitask`` run with that seed when the study has it (the same training, not run twice).
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def curve_summary(runs: list[dict[str, Any]], resamples: int = 2000, seed: int =
     points = []
     for run in sorted(runs, key=lambda r: r["budget"]["epochs"]):
         point: dict[str, Any] = {"epochs": run["budget"]["epochs"], "iterations": run["budget"]["epochs"] * run["budget"]["iterations"],
-                                 "minutes": run["seconds_training"] / 60, "seed": run["seed"]}
+                                 "minutes": run["seconds_training"] / 60, "seed": run["seed"], "source": run.get("source")}
         for key, short in REGIONS:
             values = [c[key] for c in run["per_case"].values()]
             point[short] = {"mean": float(np.mean(values)), "ci95": [float(v) for v in mean_ci(values, resamples=resamples, seed=seed)]}
@@ -219,6 +220,8 @@ def curve_markdown(result: dict[str, Any]) -> str:
         p, q = point["pancreas"], point["lesion"]
         lines.append(f"| {point['epochs'] / result['profile_epochs']:g} | {point['epochs']} | {point['iterations']} | {point['minutes']:.1f} | "
                      f"{p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] | {q['mean']:.3f} [{q['ci95'][0]:.3f}, {q['ci95'][1]:.3f}] |")
+    lines += [f"\nThe point at {point['epochs']} epochs is the seeded study's `multitask` run with seed {point['seed']} (`{point['source']}`), the same training, "
+              "taken from there rather than trained twice." for point in result["curve"] if point.get("source")]
     return "\n".join(lines) + "\n"
 
 
@@ -230,6 +233,13 @@ def load_runs(out: Path, profile: str, budget: dict[str, int] | None = None) -> 
     if previous.get("profile") != profile or (budget is not None and previous.get("budget") != budget):
         return []
     return list(previous.get("runs", []))
+
+
+def identical_run(runs: list[dict[str, Any]], seed: int, budget: dict[str, int], settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The seeded study's ``multitask`` run with this seed, budget and settings, if there is one: the curve's point at
+    the profile's own budget is that same training, so it is taken from there instead of being trained twice."""
+    same = json.loads(json.dumps(settings))  # as the JSON holds it (tuples become lists)
+    return next((r for r in runs if r["row"] == "multitask" and r["seed"] == seed and r["budget"] == budget and r["settings"] == same), None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -299,12 +309,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.curve:  # one seed of multitask at each multiple of the profile's epochs
         out = args.out or REPO / "benchmarks" / "results" / f"real_ct_learning_curve_{device}.json"
         runs = [r for r in load_runs(out, args.profile) if r["budget"]["iterations"] == iterations]
+        seeded_out = REPO / "benchmarks" / "results" / f"real_ct_{device}.json"
         for scale in args.curve:
             epochs = max(1, round(profile_epochs * scale))
             if any(r["budget"]["epochs"] == epochs and r["seed"] == args.seeds[0] for r in runs):
                 print(f"{epochs} epochs: in {out} already", flush=True)
                 continue
-            runs.append(train_and_score("multitask", args.seeds[0], epochs))
+            same = identical_run(load_runs(seeded_out, args.profile, budget_of(epochs)), args.seeds[0], budget_of(epochs), settings_for(epochs).to_dict())
+            if same is not None:
+                print(f"{epochs} epochs: the same training as the seeded study's multitask seed {args.seeds[0]}, taken from {seeded_out.name}", flush=True)
+            runs.append({**same, "source": seeded_out.name} if same is not None else train_and_score("multitask", args.seeds[0], epochs))
             result = {**common, "benchmark": "real_ct_learning_curve", "profile_epochs": profile_epochs, "iterations_per_epoch": iterations, "seed": args.seeds[0],
                       "cases": len(runs[0]["per_case"]), "curve": curve_summary(runs), "runs": runs}
             write_benchmark(out, result, curve_markdown(result))  # after every run: an interrupted curve resumes from here

@@ -96,3 +96,18 @@ def test_the_curve_headline_names_minutes_and_both_regions(real_ct) -> None:
     result = {"profile": "realct", "machine": {"cpus": 2}, "cases": 2, "curve": real_ct.curve_summary(runs, resamples=200)}
     text = real_ct.curve_headline(result)
     assert "7 min (8 epochs): whole pancreas 0.550" in text and "26 min (30 epochs)" in text and "lesion 0.150" in text
+
+
+def test_the_curve_takes_the_seeded_studys_identical_run_and_says_so(real_ct) -> None:
+    budget = {"epochs": 30, "iterations": 25, "val_iterations": 4}
+    settings = {"schedule": {"start": (1.0, 0.5)}, "seed": 0}  # a tuple, as to_dict() gives; the JSON holds a list
+    seeded = [{**_run(row, seed, [0.7, 0.8], [0.3, 0.5]), "budget": budget, "settings": json.loads(json.dumps(settings)), "seconds_training": 1800.0}
+              for row in ("plain", "multitask") for seed in (0, 1)]
+    same = real_ct.identical_run(seeded, 0, budget, settings)
+    assert same is not None and (same["row"], same["seed"]) == ("multitask", 0)
+    assert real_ct.identical_run(seeded, 2, budget, settings) is None  # no such seed
+    assert real_ct.identical_run(seeded, 0, {**budget, "epochs": 60}, settings) is None  # another budget
+    assert real_ct.identical_run(seeded, 0, budget, {**settings, "schedule": {"start": (1.0, 0.0)}}) is None  # another recipe (plain's)
+    curve = real_ct.curve_summary([{**same, "source": "real_ct_cpu.json"}], resamples=200)
+    result = {"profile": "realct", "iterations_per_epoch": 25, "seed": 0, "cases": 2, "machine": {"cpus": 2}, "device": "cpu", "profile_epochs": 30, "curve": curve}
+    assert "The point at 30 epochs is the seeded study's `multitask` run with seed 0 (`real_ct_cpu.json`)" in real_ct.curve_markdown(result)
