@@ -94,6 +94,19 @@ def per_case_dice(summary_file: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def subtype_loss_trace(fold_folder: Path) -> list[float] | None:
+    """The subtype loss per epoch from the trainer's metrics file (None for nnU-Net's own trainer, which has none): on a
+    one-subtype set it says how soon the head's loss has nothing left to teach the encoder."""
+    from pancreas_multitask.model.folders import METRICS_FILE
+
+    metrics = fold_folder / METRICS_FILE
+    if not metrics.is_file():
+        return None
+    import pandas as pd
+
+    return [round(float(v), 4) for v in pd.read_csv(metrics)["train_cls_losses"]]
+
+
 def summarise(runs: list[dict[str, Any]], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Per row: the mean Dice over cases and seeds with a bootstrap CI over cases (each case's mean over seeds), and each
     seed's mean; against ``BASELINE``, the paired difference (same case, same seed), its CI over cases and each seed's."""
@@ -199,7 +212,8 @@ def curve_summary(runs: list[dict[str, Any]], resamples: int = 2000, seed: int =
     points = []
     for run in sorted(runs, key=lambda r: r["budget"]["epochs"]):
         point: dict[str, Any] = {"epochs": run["budget"]["epochs"], "iterations": run["budget"]["epochs"] * run["budget"]["iterations"],
-                                 "minutes": run["seconds_training"] / 60, "seed": run["seed"], "source": run.get("source")}
+                                 "minutes": run["seconds_training"] / 60, "seed": run["seed"], "source": run.get("source"),
+                                 "subtype_loss_per_epoch": run.get("subtype_loss_per_epoch")}
         for key, short in REGIONS:
             values = [c[key] for c in run["per_case"].values()]
             point[short] = {"mean": float(np.mean(values)), "ci95": [float(v) for v in mean_ci(values, resamples=resamples, seed=seed)]}
@@ -213,13 +227,14 @@ def curve_markdown(result: dict[str, Any]) -> str:
         f"`multitask`, one seed ({result['seed']}): the final weights scored by nnU-Net's full-volume validation (no mirroring) on the {result['cases']} "
         f"validation cases, which chose nothing; training minutes on {result['machine']['cpus']} CPU cores ({result['device']}). 95 % bootstrap CI over cases.",
         "",
-        "| × the profile's budget | epochs | iterations | training minutes | DSC whole pancreas [95 % CI] | DSC lesion [95 % CI] |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| × the profile's budget | epochs | iterations | training minutes | DSC whole pancreas [95 % CI] | DSC lesion [95 % CI] | subtype loss: first epoch → 5th → last |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for point in result["curve"]:
-        p, q = point["pancreas"], point["lesion"]
+        p, q, trace = point["pancreas"], point["lesion"], point.get("subtype_loss_per_epoch")
+        losses = " → ".join(f"{trace[i]:.3f}" for i in sorted({0, min(4, len(trace) - 1), len(trace) - 1})) if trace else "not recorded"
         lines.append(f"| {point['epochs'] / result['profile_epochs']:g} | {point['epochs']} | {point['iterations']} | {point['minutes']:.1f} | "
-                     f"{p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] | {q['mean']:.3f} [{q['ci95'][0]:.3f}, {q['ci95'][1]:.3f}] |")
+                     f"{p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] | {q['mean']:.3f} [{q['ci95'][0]:.3f}, {q['ci95'][1]:.3f}] | {losses} |")
     lines += [f"\nThe point at {point['epochs']} epochs is the seeded study's `multitask` run with seed {point['seed']} (`{point['source']}`), the same training, "
               "taken from there rather than trained twice." for point in result["curve"] if point.get("source")]
     return "\n".join(lines) + "\n"
@@ -299,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         trainer.perform_actual_validation(save_probabilities=False)
         return {"row": row, "seed": seed, "budget": budget_of(epochs), "seconds_training": round(seconds, 1), "git_revision": git_revision(REPO),
                 "date": time.strftime("%Y-%m-%d %H:%M"), "settings": row_settings(settings_for(epochs), row).to_dict() if row != "nnUNetTrainer" else "nnU-Net's defaults",
-                "per_case": per_case_dice(Path(trainer.output_folder) / "validation" / "summary.json")}
+                "per_case": per_case_dice(Path(trainer.output_folder) / "validation" / "summary.json"),
+                "subtype_loss_per_epoch": subtype_loss_trace(Path(trainer.output_folder))}
 
     common = {"benchmark": "real_ct", "profile": args.profile, "plans": plans, "plan": params.get("cpu_plan"), "device": device,
               "weights": "checkpoint_final (no selection)", "validation": "nnU-Net perform_actual_validation, no mirroring",

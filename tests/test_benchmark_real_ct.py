@@ -74,6 +74,9 @@ def test_the_learning_curve_is_ordered_by_budget_with_minutes(real_ct) -> None:
     result = {"profile": "realct", "iterations_per_epoch": 25, "seed": 0, "cases": 2, "machine": {"cpus": 2}, "device": "cpu", "profile_epochs": 30, "curve": curve}
     text = real_ct.curve_markdown(result)
     assert "| 0.5 | 15 | 375 | 12.5 | 0.550" in text and "| 2 | 60 | 1500 | 50.0 | 0.750" in text
+    assert text.count("not recorded |") == 2  # runs without a subtype-loss trace
+    traced = real_ct.curve_summary([{**runs[1], "subtype_loss_per_epoch": [1.1, 0.5, 0.2, 0.1, 0.05, 0.01, 0.002]}], resamples=200)
+    assert "| 1.100 → 0.050 → 0.002 |" in real_ct.curve_markdown({**result, "curve": traced})
 
 
 def test_the_headline_states_a_direction_only_when_the_interval_excludes_zero(real_ct) -> None:
@@ -111,3 +114,11 @@ def test_the_curve_takes_the_seeded_studys_identical_run_and_says_so(real_ct) ->
     curve = real_ct.curve_summary([{**same, "source": "real_ct_cpu.json"}], resamples=200)
     result = {"profile": "realct", "iterations_per_epoch": 25, "seed": 0, "cases": 2, "machine": {"cpus": 2}, "device": "cpu", "profile_epochs": 30, "curve": curve}
     assert "The point at 30 epochs is the seeded study's `multitask` run with seed 0 (`real_ct_cpu.json`)" in real_ct.curve_markdown(result)
+
+
+def test_the_subtype_loss_trace_comes_from_the_trainers_metrics_file(real_ct, tmp_path: Path) -> None:
+    from pancreas_multitask.model.folders import METRICS_FILE
+
+    assert real_ct.subtype_loss_trace(tmp_path) is None  # nnU-Net's own trainer writes no metrics file
+    (tmp_path / METRICS_FILE).write_text("epoch,train_losses,train_cls_losses\n0,0.5,1.0986\n1,0.2,0.01234567\n")
+    assert real_ct.subtype_loss_trace(tmp_path) == [1.0986, 0.0123]
