@@ -32,11 +32,11 @@ def test_every_recipe_is_the_profile_with_whole_keys_replaced(recipes) -> None:
                 assert set(value) >= set(profile[key]) and all(value[k] == v for k, v in profile[key].items() if k not in ("spacing", "batch_size")), (name, key)
 
 
-def _run(name: str, selection: list[float], validation: list[float]) -> dict:
+def _run(name: str, selection: list[float], validation: list[float], seed: int = 12345) -> dict:
     def cases(values: list[float], prefix: str) -> dict:
         return {f"{prefix}{i}": {"dsc_pancreas": v, "dsc_lesion": v / 2} for i, v in enumerate(values)}
 
-    return {"recipe": name, "description": name, "seconds_training": 1500.0,
+    return {"recipe": name, "seed": seed, "description": name, "seconds_training": 1500.0,
             "selection": {"per_case": cases(selection, "s")}, "validation": {"per_case": cases(validation, "v")}}
 
 
@@ -50,4 +50,20 @@ def test_recipes_are_paired_against_the_profile_on_the_same_cases(recipes) -> No
     assert summary["lr_5e-3"]["validation"]["vs_baseline"]["pancreas"]["mean"] == pytest.approx(0.05)
     text = recipes.markdown({"device": "cpu", "summary": summary, "runs": runs})
     assert "**Chosen on** the selection cases" in text and "validation cases chose nothing" in text
-    assert "| lr_5e-3 | lr_5e-3 | 25.0 | 0.800 [" in text and "+0.100 [+0.100, +0.100] / +0.050 [+0.050, +0.050]" in text
+    assert "| lr_5e-3 | lr_5e-3 | 12345 | 25.0 | 0.800 [" in text and "+0.100 [+0.100, +0.100] / +0.050 [+0.050, +0.050]" in text
+
+
+def test_recipes_are_paired_over_the_seeds_both_have_and_each_seed_is_shown(recipes) -> None:
+    from pancreas_multitask.model.settings import MultitaskSettings
+
+    assert recipes.SEED == MultitaskSettings().seed  # the first seed is the profile's own
+    runs = [_run("profile", [0.6, 0.7], [0.5], seed=1), _run("profile", [0.2, 0.3], [0.4], seed=2),
+            _run("lr_5e-3", [0.7, 0.8], [0.6], seed=1), _run("lr_5e-3", [0.7, 0.8], [0.6], seed=2), _run("lr_5e-3", [0.0, 0.0], [0.0], seed=3)]
+    summary = recipes.summarise(runs, resamples=200)
+    lr = summary["lr_5e-3"]
+    assert lr["seeds"] == [1, 2, 3] and lr["selection"]["pancreas"]["per_seed"] == pytest.approx([0.75, 0.75, 0.0])
+    assert lr["selection"]["pancreas"]["mean"] == pytest.approx(0.5)  # over cases and all three seeds
+    versus = lr["selection"]["vs_baseline"]  # seed 3 has no profile run: not paired
+    assert versus["seeds"] == [1, 2] and versus["pancreas"]["per_seed"] == pytest.approx([0.1, 0.5]) and versus["pancreas"]["mean"] == pytest.approx(0.3)
+    text = recipes.markdown({"device": "cpu", "summary": summary, "runs": runs})
+    assert "| lr_5e-3 | lr_5e-3 | 1, 2, 3 | 25.0 | 0.500 [" in text and "; 0.750, 0.750, 0.000 |" in text and "; +0.100, +0.500 /" in text
