@@ -47,6 +47,7 @@ DESCRIPTIONS = {
     "nnUNetTrainer": "nnU-Net's trainer and its own recipe (SGD, lr 1e-2), for reference",
 }
 REGIONS = (("dsc_pancreas", "pancreas"), ("dsc_lesion", "lesion"))
+UNLEARNT_LESION = 0.05  # a seed's mean lesion Dice below this: the lesion was not learnt in that run
 
 
 def plain_settings(settings):
@@ -179,7 +180,8 @@ def effect_words(effect: dict[str, Any]) -> str:
 
 def headline(result: dict[str, Any]) -> str:
     """What the subtype head's loss does to the segmentation, with seeds, as the intervals allow ('' before any paired run)."""
-    versus = result["summary"].get("multitask", {}).get("vs_baseline")
+    multitask = result["summary"].get("multitask", {})
+    versus = multitask.get("vs_baseline")
     if not versus:
         return ""
     budget, seeds = result["budget"], versus["seeds"]
@@ -189,10 +191,15 @@ def headline(result: dict[str, Any]) -> str:
         spread = ", ".join(f"{v:+.3f}" for v in effect["per_seed"])
         parts.append(f"on the {'whole pancreas' if short == 'pancreas' else short} it {effect_words(effect)} (per seed {spread})")
     plain = result["summary"][BASELINE]
+    unlearnt = [f"{seed} ({plain['lesion']['per_seed'][i]:.3f} without the head's loss, {multitask['lesion']['per_seed'][j]:.3f} with it)"
+                for seed in seeds for i, j in [(plain["seeds"].index(seed), multitask["seeds"].index(seed))]
+                if max(plain["lesion"]["per_seed"][i], multitask["lesion"]["per_seed"][j]) < UNLEARNT_LESION]
     return (f"Adding the subtype head's loss to the same trainer (`{BASELINE}`: its weight 0, nothing else changed), at `{result['profile']}`'s budget "
             f"({budget['epochs']} epochs × {budget['iterations']} iterations), {len(seeds)} seed(s), the final weights scored on the "
             f"{result['cases']} validation cases that chose nothing: " + "; ".join(parts)
             + f". Without it the lesion Dice is {plain['lesion']['mean']:.3f} and the whole pancreas {plain['pancreas']['mean']:.3f}."
+            + (f" The seed matters more than the head: with seed {', '.join(unlearnt)} neither trainer learnt the lesion within the budget (mean lesion Dice "
+               f"below {UNLEARNT_LESION})." if unlearnt else "")
             + (" One seed is not a result; see the per-seed entries." if len(seeds) < 2 else ""))
 
 

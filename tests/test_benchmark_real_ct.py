@@ -87,7 +87,10 @@ def test_the_headline_states_a_direction_only_when_the_interval_excludes_zero(re
     text = real_ct.headline(result)
     assert "on the lesion it raises it by +0.2" in text  # every case gains: the interval is above 0
     assert "on the whole pancreas it changes it by" in text and "includes 0" in text  # gains and losses: no direction claimed
-    assert "2 seed(s)" in text and "One seed" not in text
+    assert "2 seed(s)" in text and "One seed" not in text and "neither trainer learnt" not in text
+    unlearnt = runs + [_run("plain", 2, [0.6, 0.6, 0.6, 0.6], [0.0, 0.0, 0.01, 0.0]), _run("multitask", 2, [0.6, 0.6, 0.6, 0.6], [0.0, 0.02, 0.0, 0.0])]
+    text = real_ct.headline({**result, "summary": real_ct.summarise(unlearnt, resamples=200)})
+    assert "with seed 2 (0.003 without the head's loss, 0.005 with it) neither trainer learnt the lesion" in text
     lowered = {"mean": -0.1, "ci95": [-0.2, -0.05], "per_seed": [-0.1]}
     assert real_ct.effect_words(lowered).startswith("lowers it by -0.100")
     assert real_ct.headline({**result, "summary": {"plain": result["summary"]["plain"]}}) == ""  # nothing paired yet
