@@ -240,7 +240,7 @@ def curve_markdown(result: dict[str, Any]) -> str:
     for point in result["curve"]:
         p, q, trace = point["pancreas"], point["lesion"], point.get("subtype_loss_per_epoch")
         losses = " → ".join(f"{trace[i]:.3f}" for i in sorted({0, min(4, len(trace) - 1), len(trace) - 1})) if trace else "not recorded"
-        lines.append(f"| {point['epochs'] / result['profile_epochs']:g} | {point['epochs']} | {point['iterations']} | {point['minutes']:.1f} | "
+        lines.append(f"| {point['epochs'] / result['profile_epochs']:.2g} | {point['epochs']} | {point['iterations']} | {point['minutes']:.1f} | "
                      f"{p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] | {q['mean']:.3f} [{q['ci95'][0]:.3f}, {q['ci95'][1]:.3f}] | {losses} |")
     lines += [f"\nThe point at {point['epochs']} epochs is the seeded study's `multitask` run with seed {point['seed']} (`{point['source']}`), the same training, "
               "taken from there rather than trained twice." for point in result["curve"] if point.get("source")]
