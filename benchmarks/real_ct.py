@@ -220,7 +220,8 @@ def curve_summary(runs: list[dict[str, Any]], resamples: int = 2000, seed: int =
     for run in sorted(runs, key=lambda r: r["budget"]["epochs"]):
         point: dict[str, Any] = {"epochs": run["budget"]["epochs"], "iterations": run["budget"]["epochs"] * run["budget"]["iterations"],
                                  "minutes": run["seconds_training"] / 60, "seed": run["seed"], "source": run.get("source"),
-                                 "subtype_loss_per_epoch": run.get("subtype_loss_per_epoch")}
+                                 "seconds_per_iteration": run["seconds_training"] / (run["budget"]["epochs"] * run["budget"]["iterations"]),
+                                 "date": run.get("date"), "subtype_loss_per_epoch": run.get("subtype_loss_per_epoch")}
         for key, short in REGIONS:
             values = [c[key] for c in run["per_case"].values()]
             point[short] = {"mean": float(np.mean(values)), "ci95": [float(v) for v in mean_ci(values, resamples=resamples, seed=seed)]}
@@ -232,15 +233,16 @@ def curve_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Real CT learning curve, profile `{result['profile']}` (its recipe, {result['iterations_per_epoch']} iterations per epoch; only the epochs change), "
         f"`multitask`, one seed ({result['seed']}): the final weights scored by nnU-Net's full-volume validation (no mirroring) on the {result['cases']} "
-        f"validation cases, which chose nothing; training minutes on {result['machine']['cpus']} CPU cores ({result['device']}). 95 % bootstrap CI over cases.",
+        f"validation cases, which chose nothing; training minutes on {result['machine']['cpus']} CPU cores ({result['device']}). 95 % bootstrap CI over cases. "
+        "The points ran at different times, and this machine's speed varies between sessions: seconds per iteration says how fast it was for each.",
         "",
-        "| × the profile's budget | epochs | iterations | training minutes | DSC whole pancreas [95 % CI] | DSC lesion [95 % CI] | subtype loss: first epoch → 5th → last |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| × the profile's budget | epochs | iterations | training minutes | seconds / iteration | measured | DSC whole pancreas [95 % CI] | DSC lesion [95 % CI] | subtype loss: first epoch → 5th → last |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for point in result["curve"]:
         p, q, trace = point["pancreas"], point["lesion"], point.get("subtype_loss_per_epoch")
         losses = " → ".join(f"{trace[i]:.3f}" for i in sorted({0, min(4, len(trace) - 1), len(trace) - 1})) if trace else "not recorded"
-        lines.append(f"| {point['epochs'] / result['profile_epochs']:.2g} | {point['epochs']} | {point['iterations']} | {point['minutes']:.1f} | "
+        lines.append(f"| {point['epochs'] / result['profile_epochs']:.2g} | {point['epochs']} | {point['iterations']} | {point['minutes']:.1f} | {point['seconds_per_iteration']:.2f} | {point.get('date') or '–'} | "
                      f"{p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] | {q['mean']:.3f} [{q['ci95'][0]:.3f}, {q['ci95'][1]:.3f}] | {losses} |")
     lines += [f"\nThe point at {point['epochs']} epochs is the seeded study's `multitask` run with seed {point['seed']} (`{point['source']}`), the same training, "
               "taken from there rather than trained twice." for point in result["curve"] if point.get("source")]

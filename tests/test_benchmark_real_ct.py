@@ -73,7 +73,7 @@ def test_the_learning_curve_is_ordered_by_budget_with_minutes(real_ct) -> None:
     assert curve[0]["lesion"]["mean"] == pytest.approx(0.1) and curve[1]["pancreas"]["mean"] == pytest.approx(0.75)
     result = {"profile": "realct", "iterations_per_epoch": 25, "seed": 0, "cases": 2, "machine": {"cpus": 2}, "device": "cpu", "profile_epochs": 30, "curve": curve}
     text = real_ct.curve_markdown(result)
-    assert "| 0.5 | 15 | 375 | 12.5 | 0.550" in text and "| 2 | 60 | 1500 | 50.0 | 0.750" in text
+    assert "| 0.5 | 15 | 375 | 12.5 | 2.00 | – | 0.550" in text and "| 2 | 60 | 1500 | 50.0 | 2.00 | – | 0.750" in text
     assert text.count("not recorded |") == 2  # runs without a subtype-loss trace
     traced = real_ct.curve_summary([{**runs[1], "subtype_loss_per_epoch": [1.1, 0.5, 0.2, 0.1, 0.05, 0.01, 0.002]}], resamples=200)
     assert "| 1.100 → 0.050 → 0.002 |" in real_ct.curve_markdown({**result, "curve": traced})
