@@ -148,10 +148,15 @@ def render_train(run: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _latest_run(data: dict) -> dict:
+    """A resumable benchmark stamps each run: the latest by date (a run may be taken over from another result)."""
+    return max(data.get("runs") or [{}], key=lambda run: run.get("date") or "")
+
+
 def render_benchmark(name: str) -> str:
     data = _json(RESULTS / f"{name}.json")
     table = (RESULTS / f"{name}.md").read_text().strip()
-    stamped = data if data.get("date") else (data.get("runs") or [{}])[-1]  # a resumable benchmark stamps each run: its latest
+    stamped = data if data.get("date") else _latest_run(data)
     when = f"{stamped['date']}, revision `{str(stamped.get('git_revision', 'not recorded'))[:12]}`" if stamped.get("date") else "date and revision not recorded"
     return f"`benchmarks/results/{name}.json` ({when}):\n\n{table}\n"
 
@@ -276,7 +281,7 @@ def render_real_ct(name: str = "real_ct_cpu") -> str:
 def render_real_ct_curve(name: str = "real_ct_learning_curve_cpu") -> str:
     """What a CPU user gets for the training minutes of each point of the real-CT learning curve (``real_ct.curve_headline``)."""
     result = _json(RESULTS / f"{name}.json")
-    last = result["runs"][-1]
+    last = _latest_run(result)
     return f"`benchmarks/results/{name}.json` ({last['date']}, revision `{last['git_revision'][:12]}`): {_benchmark_script('real_ct').curve_headline(result)}\n"
 
 

@@ -151,5 +151,7 @@ def test_a_resumable_benchmark_is_stamped_with_its_latest_run(tmp_path: Path, mo
     (tmp_path / "x.json").write_text(json.dumps({"runs": runs}))
     (tmp_path / "x.md").write_text("| table |\n")
     assert render.render_benchmark("x").startswith(f"`benchmarks/results/x.json` (2026-01-02 11:00, revision `{'b' * 12}`)")
+    (tmp_path / "x.json").write_text(json.dumps({"runs": runs[::-1]}))  # a run taken over from another result comes last
+    assert render.render_benchmark("x").startswith(f"`benchmarks/results/x.json` (2026-01-02 11:00, revision `{'b' * 12}`)")
     (tmp_path / "x.json").write_text(json.dumps({}))
     assert "date and revision not recorded" in render.render_benchmark("x")
