@@ -95,9 +95,10 @@ def per_case_dice(summary_file: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def subtype_loss_trace(fold_folder: Path) -> list[float] | None:
-    """The subtype loss per epoch from the trainer's metrics file (None for nnU-Net's own trainer, which has none): on a
-    one-subtype set it says how soon the head's loss has nothing left to teach the encoder."""
+def metrics_trace(fold_folder: Path, column: str) -> list[float] | None:
+    """One column of the trainer's metrics file, per epoch (None for nnU-Net's own trainer, which writes none). The
+    subtype loss says how soon, on a one-subtype set, the head's loss has nothing left to teach the encoder; the patches
+    it learnt from tell a learnt answer (loss 0 over many patches) from no patch showing the lesion (0 patches)."""
     from pancreas_multitask.model.folders import METRICS_FILE
 
     metrics = fold_folder / METRICS_FILE
@@ -105,7 +106,7 @@ def subtype_loss_trace(fold_folder: Path) -> list[float] | None:
         return None
     import pandas as pd
 
-    return [round(float(v), 4) for v in pd.read_csv(metrics)["train_cls_losses"]]
+    return [round(float(v), 4) for v in pd.read_csv(metrics)[column]]
 
 
 def summarise(runs: list[dict[str, Any]], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -167,6 +168,10 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _includes_zero(effect: dict[str, Any]) -> bool:
+    return effect["ci95"][0] <= 0 <= effect["ci95"][1]
+
+
 def effect_words(effect: dict[str, Any]) -> str:
     """A paired difference said as its CI allows: a direction only when the interval excludes 0."""
     low, high = effect["ci95"]
@@ -198,8 +203,9 @@ def headline(result: dict[str, Any]) -> str:
             f"({budget['epochs']} epochs × {budget['iterations']} iterations), {len(seeds)} seed(s), the final weights scored on the "
             f"{result['cases']} validation cases that chose nothing: " + "; ".join(parts)
             + f". Without it the lesion Dice is {plain['lesion']['mean']:.3f} and the whole pancreas {plain['pancreas']['mean']:.3f}."
-            + (f" The seed matters more than the head: with seed {', '.join(unlearnt)} neither trainer learnt the lesion within the budget (mean lesion Dice "
-               f"below {UNLEARNT_LESION})." if unlearnt else "")
+            + (f" With seed{'s' if len(unlearnt) > 1 else ''} {', '.join(unlearnt)} neither trainer learnt the lesion within the budget (mean lesion Dice "
+               f"below {UNLEARNT_LESION})" + ("; for the lesion the seed matters more than the head." if _includes_zero(versus["lesion"]) else ".")
+               if unlearnt else "")
             + (" One seed is not a result; see the per-seed entries." if len(seeds) < 2 else ""))
 
 
@@ -221,7 +227,8 @@ def curve_summary(runs: list[dict[str, Any]], resamples: int = 2000, seed: int =
         point: dict[str, Any] = {"epochs": run["budget"]["epochs"], "iterations": run["budget"]["epochs"] * run["budget"]["iterations"],
                                  "minutes": run["seconds_training"] / 60, "seed": run["seed"], "source": run.get("source"),
                                  "seconds_per_iteration": run["seconds_training"] / (run["budget"]["epochs"] * run["budget"]["iterations"]),
-                                 "date": run.get("date"), "subtype_loss_per_epoch": run.get("subtype_loss_per_epoch")}
+                                 "date": run.get("date"), "subtype_loss_per_epoch": run.get("subtype_loss_per_epoch"),
+                                 "subtype_patches_per_epoch": run.get("subtype_patches_per_epoch")}
         for key, short in REGIONS:
             values = [c[key] for c in run["per_case"].values()]
             point[short] = {"mean": float(np.mean(values)), "ci95": [float(v) for v in mean_ci(values, resamples=resamples, seed=seed)]}
@@ -234,14 +241,17 @@ def curve_markdown(result: dict[str, Any]) -> str:
         f"Real CT learning curve, profile `{result['profile']}` (its recipe, {result['iterations_per_epoch']} iterations per epoch; only the epochs change), "
         f"`multitask`, one seed ({result['seed']}): the final weights scored by nnU-Net's full-volume validation (no mirroring) on the {result['cases']} "
         f"validation cases, which chose nothing; training minutes on {result['machine']['cpus']} CPU cores ({result['device']}). 95 % bootstrap CI over cases. "
-        "The points ran at different times, and this machine's speed varies between sessions: seconds per iteration says how fast it was for each.",
+        "The points ran at different times, and this machine's speed varies between sessions: the training's wall seconds per iteration (its validation "
+        "passes included) say how fast it was for each.",
         "",
-        "| × the profile's budget | epochs | iterations | training minutes | seconds / iteration | measured | DSC whole pancreas [95 % CI] | DSC lesion [95 % CI] | subtype loss: first epoch → 5th → last |",
+        "| × the profile's budget | epochs | iterations | training minutes | training wall seconds / iteration | measured | DSC whole pancreas [95 % CI] | DSC lesion [95 % CI] | subtype loss: first epoch → 5th → last (patches it learnt from) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for point in result["curve"]:
         p, q, trace = point["pancreas"], point["lesion"], point.get("subtype_loss_per_epoch")
-        losses = " → ".join(f"{trace[i]:.3f}" for i in sorted({0, min(4, len(trace) - 1), len(trace) - 1})) if trace else "not recorded"
+        patches = point.get("subtype_patches_per_epoch")
+        epochs = sorted({0, min(4, len(trace) - 1), len(trace) - 1}) if trace else []
+        losses = " → ".join(f"{trace[i]:.3f}" + (f" ({patches[i]:.0f})" if patches else "") for i in epochs) if trace else "not recorded"
         lines.append(f"| {point['epochs'] / result['profile_epochs']:.2g} | {point['epochs']} | {point['iterations']} | {point['minutes']:.1f} | {point['seconds_per_iteration']:.2f} | {point.get('date') or '–'} | "
                      f"{p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] | {q['mean']:.3f} [{q['ci95'][0]:.3f}, {q['ci95'][1]:.3f}] | {losses} |")
     lines += [f"\nThe point at {point['epochs']} epochs is the seeded study's `multitask` run with seed {point['seed']} (`{point['source']}`), the same training, "
@@ -324,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
         return {"row": row, "seed": seed, "budget": budget_of(epochs), "seconds_training": round(seconds, 1), "git_revision": git_revision(REPO),
                 "date": time.strftime("%Y-%m-%d %H:%M"), "settings": row_settings(settings_for(epochs), row).to_dict() if row != "nnUNetTrainer" else "nnU-Net's defaults",
                 "per_case": per_case_dice(Path(trainer.output_folder) / "validation" / "summary.json"),
-                "subtype_loss_per_epoch": subtype_loss_trace(Path(trainer.output_folder))}
+                "subtype_loss_per_epoch": metrics_trace(Path(trainer.output_folder), "train_cls_losses"),
+                "subtype_patches_per_epoch": metrics_trace(Path(trainer.output_folder), "train_cls_patches")}
 
     common = {"benchmark": "real_ct", "profile": args.profile, "plans": plans, "plan": params.get("cpu_plan"), "device": device,
               "weights": "checkpoint_final (no selection)", "validation": "nnU-Net perform_actual_validation, no mirroring",

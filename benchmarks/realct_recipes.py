@@ -140,7 +140,7 @@ def summarise(runs: list[dict[str, Any]], resamples: int = 2000) -> dict[str, An
     and seeds."""
     by_name: dict[str, dict[int, dict[str, Any]]] = {}
     for run in runs:
-        by_name.setdefault(run["recipe"], {})[run["seed"]] = run
+        by_name.setdefault(run["recipe"], {})[run.get("seed", SEED)] = run
     base = by_name.get(BASELINE, {})
     out = {}
     for name, seeds in by_name.items():
@@ -178,7 +178,9 @@ def markdown(result: dict[str, Any]) -> str:
     for name, entry in result["summary"].items():
         first = runs[name][0]
         minutes = np.mean([r["seconds_training"] for r in runs[name]]) / 60
-        deltas = [" / ".join(cell(entry[s]["vs_baseline"][r], "+") for r in ("pancreas", "lesion")) if "vs_baseline" in entry[s] else "–" for s in ("selection", "validation")]
+        deltas = [" / ".join(cell(entry[s]["vs_baseline"][r], "+") for r in ("pancreas", "lesion"))
+                  + ("" if entry[s]["vs_baseline"]["seeds"] == entry["seeds"] else f" (paired over seeds {', '.join(map(str, entry[s]['vs_baseline']['seeds']))})")
+                  if "vs_baseline" in entry[s] else "–" for s in ("selection", "validation")]
         lines.append(f"| {name} | {first['description']} | {', '.join(map(str, entry['seeds']))} | {minutes:.1f} | {cell(entry['selection']['pancreas'])} | {cell(entry['selection']['lesion'])} | "
                      f"{deltas[0]} | {cell(entry['validation']['pancreas'])} | {cell(entry['validation']['lesion'])} | {deltas[1]} |")
     return "\n".join(lines) + "\n"
@@ -199,13 +201,13 @@ def main(argv: list[str] | None = None) -> None:
     previous = json.loads(out.read_text()) if out.is_file() else {}
     runs = [r for r in previous.get("runs", []) if r["recipe"] in RECIPES and r["overlay"] == RECIPES[r["recipe"]][1]]
     if args.one:
-        runs = [r for r in runs if (r["recipe"], r["seed"]) != (args.one, args.seeds[0])] + [run_recipe(args.one, args.device, args.seeds[0])]
+        runs = [r for r in runs if (r["recipe"], r.get("seed", SEED)) != (args.one, args.seeds[0])] + [run_recipe(args.one, args.device, args.seeds[0])]
         result = {"benchmark": "realct_recipes", "device": runs[-1]["device"], "baseline": BASELINE, "chosen_on": "selection", "summary": summarise(runs), "runs": runs}
         write_benchmark(out, result, markdown(result))
         return
     for seed in args.seeds:
         for name in args.recipes:
-            if any((r["recipe"], r["seed"]) == (name, seed) for r in runs):
+            if any((r["recipe"], r.get("seed", SEED)) == (name, seed) for r in runs):
                 print(f"{name}, seed {seed}: in {out} already", flush=True)
                 continue
             subprocess.run([sys.executable, __file__, "--one", name, "--seeds", str(seed), "--device", args.device, "--out", str(out)], check=True)

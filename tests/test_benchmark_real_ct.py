@@ -77,6 +77,10 @@ def test_the_learning_curve_is_ordered_by_budget_with_minutes(real_ct) -> None:
     assert text.count("not recorded |") == 2  # runs without a subtype-loss trace
     traced = real_ct.curve_summary([{**runs[1], "subtype_loss_per_epoch": [1.1, 0.5, 0.2, 0.1, 0.05, 0.01, 0.002]}], resamples=200)
     assert "| 1.100 → 0.050 → 0.002 |" in real_ct.curve_markdown({**result, "curve": traced})
+    traced = real_ct.curve_summary([{**runs[1], "budget": {"epochs": 8, "iterations": 25}, "subtype_loss_per_epoch": [1.1, 0.5, 0.2, 0.1, 0.05, 0.0],
+                                     "subtype_patches_per_epoch": [50, 49, 48, 47, 46, 45]}], resamples=200)
+    text = real_ct.curve_markdown({**result, "curve": traced})
+    assert "| 0.27 | 8 | 200 |" in text and "| 1.100 (50) → 0.050 (46) → 0.000 (45) |" in text  # 8 of 30 epochs; the patches beside the loss
 
 
 def test_the_headline_states_a_direction_only_when_the_interval_excludes_zero(real_ct) -> None:
@@ -90,7 +94,12 @@ def test_the_headline_states_a_direction_only_when_the_interval_excludes_zero(re
     assert "2 seed(s)" in text and "One seed" not in text and "neither trainer learnt" not in text
     unlearnt = runs + [_run("plain", 2, [0.6, 0.6, 0.6, 0.6], [0.0, 0.0, 0.01, 0.0]), _run("multitask", 2, [0.6, 0.6, 0.6, 0.6], [0.0, 0.02, 0.0, 0.0])]
     text = real_ct.headline({**result, "summary": real_ct.summarise(unlearnt, resamples=200)})
-    assert "with seed 2 (0.003 without the head's loss, 0.005 with it) neither trainer learnt the lesion" in text
+    assert "With seed 2 (0.003 without the head's loss, 0.005 with it) neither trainer learnt the lesion" in text
+    assert "raises it by" in text and "seed matters more than the head" not in text  # a clear effect: no such comparison
+    flat = [_run(row, seed, [0.6, 0.7, 0.8, 0.7], [lesion] * 4) for row in ("plain", "multitask") for seed, lesion in ((1, 0.0), (2, 0.4))]
+    flat += [_run("plain", 0, [0.6, 0.7, 0.8, 0.7], [0.4, 0.3, 0.5, 0.4])]  # a seed multitask lacks: seed 1 is plain's second, multitask's first
+    text = real_ct.headline({**result, "summary": real_ct.summarise(flat, resamples=200)})
+    assert "With seed 1 (0.000 without the head's loss, 0.000 with it)" in text and "for the lesion the seed matters more than the head" in text
     lowered = {"mean": -0.1, "ci95": [-0.2, -0.05], "per_seed": [-0.1]}
     assert real_ct.effect_words(lowered).startswith("lowers it by -0.100")
     assert real_ct.headline({**result, "summary": {"plain": result["summary"]["plain"]}}) == ""  # nothing paired yet
@@ -119,9 +128,10 @@ def test_the_curve_takes_the_seeded_studys_identical_run_and_says_so(real_ct) ->
     assert "The point at 30 epochs is the seeded study's `multitask` run with seed 0 (`real_ct_cpu.json`)" in real_ct.curve_markdown(result)
 
 
-def test_the_subtype_loss_trace_comes_from_the_trainers_metrics_file(real_ct, tmp_path: Path) -> None:
+def test_the_subtype_loss_and_patch_traces_come_from_the_trainers_metrics_file(real_ct, tmp_path: Path) -> None:
     from pancreas_multitask.model.folders import METRICS_FILE
 
-    assert real_ct.subtype_loss_trace(tmp_path) is None  # nnU-Net's own trainer writes no metrics file
-    (tmp_path / METRICS_FILE).write_text("epoch,train_losses,train_cls_losses\n0,0.5,1.0986\n1,0.2,0.01234567\n")
-    assert real_ct.subtype_loss_trace(tmp_path) == [1.0986, 0.0123]
+    assert real_ct.metrics_trace(tmp_path, "train_cls_losses") is None  # nnU-Net's own trainer writes no metrics file
+    (tmp_path / METRICS_FILE).write_text("epoch,train_losses,train_cls_losses,train_cls_patches\n0,0.5,1.0986,48\n1,0.2,0.01234567,0\n")
+    assert real_ct.metrics_trace(tmp_path, "train_cls_losses") == [1.0986, 0.0123]
+    assert real_ct.metrics_trace(tmp_path, "train_cls_patches") == [48, 0]

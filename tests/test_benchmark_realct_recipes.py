@@ -54,9 +54,9 @@ def test_recipes_are_paired_against_the_profile_on_the_same_cases(recipes) -> No
 
 
 def test_recipes_are_paired_over_the_seeds_both_have_and_each_seed_is_shown(recipes) -> None:
-    from pancreas_multitask.model.settings import MultitaskSettings
+    from pancreas_multitask.model.settings import settings_from_parameters
 
-    assert recipes.SEED == MultitaskSettings().seed  # the first seed is the profile's own
+    assert recipes.SEED == settings_from_parameters(load_parameters(REPO / "notebooks" / "params", "realct"), 3).seed  # the first seed is the profile's own
     runs = [_run("profile", [0.6, 0.7], [0.5], seed=1), _run("profile", [0.2, 0.3], [0.4], seed=2),
             _run("lr_5e-3", [0.7, 0.8], [0.6], seed=1), _run("lr_5e-3", [0.7, 0.8], [0.6], seed=2), _run("lr_5e-3", [0.0, 0.0], [0.0], seed=3)]
     summary = recipes.summarise(runs, resamples=200)
@@ -66,4 +66,4 @@ def test_recipes_are_paired_over_the_seeds_both_have_and_each_seed_is_shown(reci
     versus = lr["selection"]["vs_baseline"]  # seed 3 has no profile run: not paired
     assert versus["seeds"] == [1, 2] and versus["pancreas"]["per_seed"] == pytest.approx([0.1, 0.5]) and versus["pancreas"]["mean"] == pytest.approx(0.3)
     text = recipes.markdown({"device": "cpu", "summary": summary, "runs": runs})
-    assert "| lr_5e-3 | lr_5e-3 | 1, 2, 3 | 25.0 | 0.500 [" in text and "; 0.750, 0.750, 0.000 |" in text and "; +0.100, +0.500 /" in text
+    assert "| lr_5e-3 | lr_5e-3 | 1, 2, 3 | 25.0 | 0.500 [" in text and "; 0.750, 0.750, 0.000 |" in text and "; +0.100, +0.500 /" in text and "(paired over seeds 1, 2)" in text
